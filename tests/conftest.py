@@ -1,0 +1,30 @@
+"""Shared pytest fixtures: paths to the authors' parity fixtures, small real photos, determinism."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# shared/ sits beside the checkout (../shared) for developers and CI.
+REFERENCE = Path(os.environ.get("VFMTOK_SHARED", REPO.parent / "shared")) / "reference"
+FIXTURES = REFERENCE / "checkpoints" / "fixtures"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """`shared/reference/checkpoints/fixtures` (skips with a reason only if shared/ is absent)."""
+    if not FIXTURES.is_dir():
+        pytest.skip(f"parity fixtures not found at {FIXTURES} (set VFMTOK_SHARED to the shared/ folder)")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not REFERENCE.is_dir():
+        pytest.skip(f"shared/reference not found at {REFERENCE}")
+    return REFERENCE

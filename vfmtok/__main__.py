@@ -1,0 +1,3 @@
+from vfmtok.cli.main import main
+
+main()

@@ -1,0 +1,60 @@
+"""Safe reading of the authors' released `.pt` checkpoints (tokenizer and GPT).
+
+Their files are dicts with entries such as `model`, `ema`, `optimizer`, `steps` and `args` (a pickled
+`argparse.Namespace`). We never unpickle arbitrary objects: `torch.load(weights_only=True)` with only
+`argparse.Namespace` allow-listed (see shared/reference/checkpoints/README.md section 1).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def load_official_pt(path: str | Path) -> dict[str, Any]:
+    """Load an official `.pt` checkpoint dict safely.
+
+    Args:
+        path: a `vfmtok-tokenizer.pt` or `GPT-*.pt` file.
+
+    Returns:
+        The checkpoint dict (tensors on CPU).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a torch checkpoint dict, or holds objects other than tensors,
+            containers, numbers, strings and `argparse.Namespace`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors come in many types
+        raise ValueError(f"{path}: not a loadable torch checkpoint with weights_only=True ({err})") from err
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
+    return obj
+
+
+def pick_state_dict(ckpt: dict[str, Any], path: str | Path, prefer: tuple[str, ...] = ("ema", "model")) -> tuple[str, dict]:
+    """Choose the weights entry of an official checkpoint: `ema` first (what the authors' inference uses).
+
+    Falls back to `model`, `module`, `state_dict`, or the dict itself when it is a flat state dict.
+
+    Returns:
+        (entry name, state dict). The entry name is "<root>" for a flat state dict.
+
+    Raises:
+        ValueError: no entry holding tensors was found (lists the keys present).
+    """
+    for key in (*prefer, "module", "state_dict"):
+        entry = ckpt.get(key)
+        if isinstance(entry, dict) and entry and all(isinstance(v, torch.Tensor) for v in entry.values()):
+            return key, entry
+    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return "<root>", ckpt
+    raise ValueError(f"{path}: no weights entry found (looked for {list(prefer)}); top-level keys: {sorted(ckpt)}")

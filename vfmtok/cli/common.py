@@ -1,0 +1,50 @@
+"""Options and helpers shared by every `vfmtok` subcommand (the CLI contract of DESIGN.md).
+
+Every subcommand accepts `--seed`, `--device` and `--mixed-precision`; use the `Annotated` aliases
+below so the names, defaults and help texts stay identical across commands.
+"""
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from typing import Annotated, NoReturn
+
+import typer
+
+
+class MixedPrecision(str, Enum):
+    """`--mixed-precision` values: `no` (fp32), `bf16` or `fp16` autocast (CUDA only; CPU runs fp32)."""
+
+    no = "no"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+SeedOpt = Annotated[int, typer.Option("--seed", help="Global random seed (results depend only on it).")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option("--device", help="Device: 'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', ..."),
+]
+PrecisionOpt = Annotated[
+    MixedPrecision,
+    typer.Option(
+        "--mixed-precision",
+        help="Autocast dtype on CUDA: no | bf16 | fp16. Deformable attention and quantizer distances always run in fp32.",
+    ),
+]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print one clear error line to stderr and exit with `code` (no traceback)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def not_landed(command: str, issue: int) -> NoReturn:
+    """Exit non-zero with one line saying that `command` is not implemented yet."""
+    typer.echo(
+        f"error: `vfmtok {command}` is not implemented yet (tracked in issue #{issue}); "
+        "see CHANGELOG.md for what has landed.",
+        err=True,
+    )
+    sys.exit(3)

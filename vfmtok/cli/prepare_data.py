@@ -1,0 +1,16 @@
+"""`vfmtok prepare-data` (placeholder until issue #2 lands)."""
+from __future__ import annotations
+
+import typer
+
+from vfmtok.cli.common import DeviceOpt, MixedPrecision, PrecisionOpt, SeedOpt, not_landed
+
+
+def command(
+    ctx: typer.Context,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    mixed_precision: PrecisionOpt = MixedPrecision.no,
+) -> None:
+    """Not implemented yet (issue #2)."""
+    not_landed("prepare-data", 2)

@@ -1,0 +1,16 @@
+"""`vfmtok train-tokenizer` (placeholder until issue #4 lands)."""
+from __future__ import annotations
+
+import typer
+
+from vfmtok.cli.common import DeviceOpt, MixedPrecision, PrecisionOpt, SeedOpt, not_landed
+
+
+def command(
+    ctx: typer.Context,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    mixed_precision: PrecisionOpt = MixedPrecision.no,
+) -> None:
+    """Not implemented yet (issue #4)."""
+    not_landed("train-tokenizer", 4)

@@ -1,0 +1,67 @@
+"""Device and precision selection: the one place that decides where tensors live.
+
+No other module calls `.cuda()`; they ask `resolve_device` and use `autocast` from here.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+_DTYPES = {"no": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Turn a user string into a `torch.device`.
+
+    Args:
+        name: 'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'.
+
+    Raises:
+        ValueError: if a CUDA/MPS device is requested but not available, or the string is not a device.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r} is not a device name (expected auto, cpu, cuda, cuda:N)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r} requested but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name!r} requested but MPS is not available")
+    return device
+
+
+def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `--mixed-precision` on `device`, or None for fp32.
+
+    bf16/fp16 autocast is only used on CUDA; on CPU every computation stays fp32 (tests rely on it).
+
+    Raises:
+        ValueError: for a value other than no/fp32/bf16/fp16.
+    """
+    key = getattr(mixed_precision, "value", mixed_precision)
+    if key not in _DTYPES:
+        raise ValueError(f"--mixed-precision {key!r}: expected one of no, bf16, fp16")
+    return _DTYPES[key] if device.type == "cuda" else None
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """Autocast to `dtype` on `device` (no-op when dtype is None)."""
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+@contextlib.contextmanager
+def fp32_region(device_type: str = "cuda") -> Iterator[None]:
+    """Disable autocast inside (deformable attention, quantizer distances run in fp32 as in the paper's code)."""
+    with torch.autocast(device_type=device_type, enabled=False):
+        yield
