@@ -201,7 +201,14 @@ class FrozenVFM(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"encoder weights file not found: {path}. " + missing_weights_message(self._base_name()))
-        state = read_weights_file(path)
+        self.load_state(read_weights_file(path), source=str(path))
+
+    def load_state(self, state: dict[str, torch.Tensor], source: str = "<state dict>") -> None:
+        """Load an in-memory timm or official-DINOv2 state dict strictly (converted by timm's checkpoint filter).
+
+        Raises:
+            ValueError: keys missing/unexpected or shapes differing (names them and `source`).
+        """
         import importlib
 
         module = importlib.import_module(type(self.model).__module__)
@@ -221,7 +228,7 @@ class FrozenVFM(nn.Module):
             if wrong:
                 details.append("shape mismatch " + ", ".join(f"{k}: file {tuple(state[k].shape)} vs model "
                                                             f"{tuple(own[k].shape)}" for k in wrong[:8]))
-            raise ValueError(f"{path}: does not fit the frozen encoder {self._base_name()!r}: " + "; ".join(details))
+            raise ValueError(f"{source}: does not fit the frozen encoder {self._base_name()!r}: " + "; ".join(details))
         self.model.load_state_dict(state, strict=True)
 
     def _base_name(self) -> str:
