@@ -1,0 +1,438 @@
+"""Encode a dataset once into a token store (`vfmtok extract-tokens`): crops, ranks, resume, safety.
+
+Crop protocol at the tokenizer's input size S (all views are uint8 RGB, S x S):
+
+- `none`: the ADM centre crop (guided-diffusion `center_crop_arr`: BOX halving while the short side is
+  >= 2 S, BICUBIC resize of the short side to S, centre crop). V = 1 view.
+- `flip`: that crop and its horizontal mirror. V = 2 views: [crop, flip(crop)].
+- `ten-crop`: LlamaGen's `extract_codes_c2i.py --ten-crop` protocol (shared/reference/vfmtok.md 3.2): the
+  ADM centre crop at C = int(S * 1.1), then torchvision `TenCrop(S)`. V = 10 views, in torchvision's order:
+  0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right, 4 centre (offset round((C - S) / 2), Python
+  rounding), then 5..9 = the same five crops taken from the horizontally mirrored C x C image. Hence view
+  5 = mirror(view 1), 6 = mirror(view 0), 7 = mirror(view 3), 8 = mirror(view 2); view 9 = mirror(view 4)
+  only when C - S is even (at S = 336, C = 369: view 9 mirrors original columns 17..352, view 4 shows 16..351).
+
+`neighbours=2` (the VFMTok-RAR augmentation, reference section 9.1) stores, for every view, the
+nearest-code sequence and the second-nearest-code sequence: A = 2 V, laid out as
+`codes[n, k * V + v]` = the (k+1)-th nearest code at every position of view v. So the first V entries
+are exactly the `neighbours=1` store. A = V for `neighbours=1`.
+
+Distribution: the N images are cut into global batches [b B, (b+1) B) (B = batch size, the last one
+short); rank r of W encodes the contiguous block of batches [nb r // W, nb (r+1) // W). Every batch holds
+the same images whatever W, so the store is byte-identical for any world size on the same hardware, no
+image is encoded twice and none is dropped. Resume re-encodes every batch that has any row not marked
+done in `progress.npy`.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from einops import rearrange
+
+from vfmtok.configs import config_to_dict
+from vfmtok.data import token_store as ts
+from vfmtok.data.crops import adm_center_crop, ten_crop
+from vfmtok.device import autocast, autocast_dtype, resolve_device
+
+__all__ = [
+    "AUGMENTATIONS",
+    "ExtractOptions",
+    "ImageSource",
+    "StoreMismatchError",
+    "extract_tokens",
+    "make_views",
+    "plan_batches",
+    "tokenizer_fingerprint",
+    "view_names",
+]
+
+AUGMENTATIONS = ("none", "flip", "ten-crop")
+TEN_CROP_SCALE = 1.1  # LlamaGen `--crop-range`
+_TEN_NAMES = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
+
+
+class StoreMismatchError(ValueError):
+    """The output directory holds a store made with other settings (or something that is not a store)."""
+
+
+class ImageSource(Protocol):
+    """Random-access images of a dataset, in source-index order.
+
+    Attributes:
+        classes: class names; labels index this list.
+        description: JSON-able provenance (kind, path, manifest sha256, ...) for the store's manifest.
+        fingerprint: sha256 hex identifying the source's content listing (settings compatibility key).
+    """
+
+    classes: list[str]
+    description: dict[str, Any]
+    fingerprint: str
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> tuple[Any, int]:
+        """(PIL.Image RGB, label int) of image `index`."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Views
+# ---------------------------------------------------------------------------------------------
+def view_names(aug: str) -> list[str]:
+    """Names of the V views of `aug`, in stored order (see the module docstring)."""
+    if aug == "none":
+        return ["centre"]
+    if aug == "flip":
+        return ["centre", "centre-flipped"]
+    if aug == "ten-crop":
+        return [*_TEN_NAMES, *(f"{n}-of-flipped" for n in _TEN_NAMES)]
+    raise ValueError(f"--aug {aug!r}: expected one of {', '.join(AUGMENTATIONS)}")
+
+
+def make_views(image: Any, size: int, aug: str) -> np.ndarray:
+    """The V views of one decoded image for protocol `aug`, as (V, 3, size, size) uint8.
+
+    Uses `vfmtok.data.crops.adm_center_crop` (pixel-identical to guided-diffusion's `center_crop_arr`)
+    and `vfmtok.data.crops.ten_crop` (torchvision `TenCrop` order).
+
+    Args:
+        image: a decoded RGB PIL image (`vfmtok.data.decode.decode_image(...).image`).
+        size: tokenizer input size S in pixels.
+        aug: 'none' | 'flip' | 'ten-crop'.
+
+    Returns:
+        (V, 3, size, size) uint8 array, views in the order of :func:`view_names`.
+
+    Raises:
+        ValueError: unknown `aug`, or not an RGB PIL image.
+    """
+    if aug == "none":
+        views = adm_center_crop(image, size)[None]
+    elif aug == "flip":
+        crop = adm_center_crop(image, size)
+        views = np.stack([crop, crop[:, ::-1]])
+    elif aug == "ten-crop":
+        views = ten_crop(adm_center_crop(image, int(size * TEN_CROP_SCALE)), size)
+    else:
+        raise ValueError(f"--aug {aug!r}: expected one of {', '.join(AUGMENTATIONS)}")
+    return np.ascontiguousarray(rearrange(views, "v h w c -> v c h w"))
+
+
+def uint8_to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1]: (x / 255 - 0.5) / 0.5 (torchvision ToTensor + Normalize(0.5, 0.5)).
+
+    Bit-identical to `x / 127.5 - 1` (`vfmtok.data.crops.to_tensor_m11`) for all 256 values.
+    """
+    return images.float().div(255.0).sub(0.5).div(0.5)
+
+
+class _ViewsDataset(torch.utils.data.Dataset):
+    """Item i = (i, views (V, 3, S, S) uint8, label) of an ImageSource (runs in dataloader workers)."""
+
+    def __init__(self, source: ImageSource, size: int, aug: str) -> None:
+        self.source, self.size, self.aug = source, size, aug
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, int]:
+        image, label = self.source.load(index)
+        views = make_views(image, self.size, self.aug)
+        return index, torch.from_numpy(views), int(label)
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning and fingerprints
+# ---------------------------------------------------------------------------------------------
+def plan_batches(num_images: int, batch_size: int, world_size: int, rank: int) -> list[range]:
+    """The global batches rank `rank` of `world_size` encodes (contiguous, disjoint, covering all).
+
+    Global batch b = range(b B, min((b+1) B, N)); rank r gets batches [nb r // W, nb (r+1) // W),
+    nb = ceil(N / B). Ranks may get none when nb < W.
+    """
+    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"plan_batches: bad batch_size={batch_size}, world_size={world_size}, rank={rank}")
+    nb = math.ceil(num_images / batch_size)
+    first, last = nb * rank // world_size, nb * (rank + 1) // world_size
+    return [range(b * batch_size, min((b + 1) * batch_size, num_images)) for b in range(first, last)]
+
+
+def tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes), sorted by name.
+
+    Covers the frozen encoder too, so two tokenizers that can give different codes never share it.
+    """
+    digest = hashlib.sha256()
+    tensors = dict(tokenizer.named_parameters())
+    tensors.update(dict(tokenizer.named_buffers()))
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Distribution helpers (torchrun / accelerate launch set RANK, WORLD_SIZE, LOCAL_RANK)
+# ---------------------------------------------------------------------------------------------
+def _dist_context() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); initialises a gloo process group under a launcher."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not (dist.is_available() and dist.is_initialized()):
+        dist.init_process_group(backend="gloo")  # only barriers and small object broadcasts are needed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _broadcast(value: Any, world: int) -> Any:
+    if world == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Core
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ExtractOptions:
+    """Settings of one extraction (CLI options of `vfmtok extract-tokens`).
+
+    Attributes:
+        aug: 'none' | 'flip' | 'ten-crop' (views per image: 1, 2, 10).
+        neighbours: 1 (nearest code) or 2 (also the second-nearest code: A = 2 V).
+        batch_size: images per encoder step (the model sees batch_size x V crops).
+        num_workers: dataloader worker processes decoding and cropping images.
+        device: 'auto' | 'cpu' | 'cuda' | 'cuda:N' (under a launcher 'auto'/'cuda' means cuda:LOCAL_RANK).
+        mixed_precision: 'no' | 'bf16' | 'fp16' autocast on CUDA (CPU always fp32).
+        overwrite: replace an existing store made with other settings.
+        flush_batches: mark rows done (after syncing codes) at least every this many batches.
+        flush_seconds: ... and at least every this many seconds.
+        progress: show a tqdm bar (main process only).
+    """
+
+    aug: str = "none"
+    neighbours: int = 1
+    batch_size: int = 64
+    num_workers: int = 4
+    device: str = "auto"
+    mixed_precision: str = "bf16"
+    overwrite: bool = False
+    flush_batches: int = 50
+    flush_seconds: float = 60.0
+    progress: bool = True
+
+
+def _encode(tokenizer: Any, images: torch.Tensor, neighbours: int) -> torch.Tensor:
+    """(n, 3, S, S) float in [-1, 1] -> (n, L, k) int64 codes, nearest first."""
+    if neighbours == 1:
+        return tokenizer.encode(images)[..., None]
+    return tokenizer.encode_topk(images, neighbours)
+
+
+def _prepare_store(out: Path, layout: ts.StoreLayout, manifest: dict[str, Any], overwrite: bool) -> str:
+    """Create, reuse or refuse `out` (main process). Returns 'created' | 'resume' | 'complete'."""
+    if out.exists() and not out.is_dir():
+        raise StoreMismatchError(f"{out} exists and is not a directory")
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    foreign = [name for name in present if name not in ts.STORE_FILES and not name.startswith(".")]
+    if (out / ts.MANIFEST_FILE).is_file():
+        try:
+            existing = ts.read_manifest(out)
+        except ValueError as err:
+            raise StoreMismatchError(f"{out} holds a manifest.json that is not a token store's; refusing ({err})")
+        diffs = ts.store_differences(existing, manifest["settings"])
+        if not diffs:
+            return "complete" if existing.get("complete") else "resume"
+        if not overwrite:
+            raise StoreMismatchError(
+                f"{out} holds a token store made with other settings; use another OUT or pass --overwrite:\n  "
+                + "\n  ".join(diffs)
+            )
+    if foreign:
+        raise StoreMismatchError(
+            f"{out} is not empty and is not a token store (found {', '.join(foreign[:5])}); choose an empty OUT"
+        )
+    ts.create_store(out, layout, manifest)
+    return "created"
+
+
+def extract_tokens(
+    source: ImageSource,
+    out: str | Path,
+    tokenizer: Any,
+    options: ExtractOptions | None = None,
+    tokenizer_info: dict[str, Any] | None = None,
+    command: str | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, Any] | None:
+    """Encode every image of `source` into the token store `out` (all ranks call this).
+
+    Args:
+        source: the images (see :class:`ImageSource`), N >= 1.
+        out: store directory (created; resumed when it holds an incomplete store with equal settings).
+        tokenizer: object with `config.image_size`, `config.codebook_size`, `config.num_tokens`,
+            `encode((B,3,S,S) float [-1,1]) -> (B,L) int64` and, for neighbours=2,
+            `encode_topk(images, k) -> (B,L,k)`; an nn.Module (moved to the device, eval mode).
+        options: :class:`ExtractOptions`.
+        tokenizer_info: provenance merged into manifest["tokenizer"] (path, file sha256, ...).
+        command: the command line recorded in the manifest.
+        on_batch: called with the number of batches written so far by this rank (tests use it to
+            simulate a kill).
+
+    Returns:
+        The completed manifest on the main process, None on other ranks.
+
+    Raises:
+        StoreMismatchError: `out` holds another configuration's store (without overwrite) or foreign files.
+        ValueError: bad options, an empty source, or a tokenizer without `encode_topk` for neighbours=2.
+    """
+    opts = options or ExtractOptions()
+    if opts.aug not in AUGMENTATIONS:
+        raise ValueError(f"--aug {opts.aug!r}: expected one of {', '.join(AUGMENTATIONS)}")
+    if opts.neighbours not in (1, 2):
+        raise ValueError(f"--neighbours {opts.neighbours}: expected 1 or 2")
+    if opts.neighbours == 2 and not callable(getattr(tokenizer, "encode_topk", None)):
+        raise ValueError(
+            f"--neighbours 2 needs a tokenizer with encode_topk(images, k); {type(tokenizer).__name__} has none"
+        )
+    if opts.batch_size < 1:
+        raise ValueError(f"--batch-size {opts.batch_size}: expected >= 1")
+    num_images = len(source)
+    if num_images < 1:
+        raise ValueError("the source holds no images")
+    out = Path(out)
+    rank, world, local_rank = _dist_context()
+    device = resolve_device(opts.device)
+    if device.type == "cuda" and world > 1 and device.index is None:
+        device = torch.device("cuda", local_rank)
+    amp = autocast_dtype(opts.mixed_precision, device)
+    cfg = tokenizer.config
+    size, codebook, num_tokens = int(cfg.image_size), int(cfg.codebook_size), int(cfg.num_tokens)
+    grid = int(math.isqrt(num_tokens))
+    names = view_names(opts.aug)
+    num_views = len(names)
+    layout = ts.StoreLayout(num_images, num_views * opts.neighbours, num_tokens, codebook)
+    cfg_dict = config_to_dict(cfg) if hasattr(cfg, "__dataclass_fields__") else dict(vars(cfg))
+    weights_sha = tokenizer_fingerprint(tokenizer) if rank == 0 else None
+    settings = {
+        "format_version": ts.FORMAT_VERSION,
+        "tokenizer_weights_sha256": weights_sha,
+        "tokenizer_config": cfg_dict,
+        "image_size": size,
+        "aug": opts.aug,
+        "neighbours": opts.neighbours,
+        "num_images": num_images,
+        "source_sha256": source.fingerprint,
+        "compute_dtype": "fp32" if amp is None else str(amp).replace("torch.", ""),
+    }
+    manifest = {
+        "settings": settings,
+        "grid_size": grid if grid * grid == num_tokens else None,
+        "token_grid": [grid, grid] if grid * grid == num_tokens else [1, num_tokens],
+        "num_classes": len(source.classes),
+        "classes": list(source.classes),
+        "tokenizer": {**(tokenizer_info or {}), "weights_sha256": weights_sha, "config": cfg_dict},
+        "source": {**source.description, "sha256": source.fingerprint, "num_images": num_images},
+        "crop": {
+            "protocol": "adm-center-crop" if opts.aug != "ten-crop" else "llamagen-ten-crop",
+            "image_size": size,
+            "aug": opts.aug,
+            "center_crop_size": int(size * TEN_CROP_SCALE) if opts.aug == "ten-crop" else size,
+            "views": names,
+            "neighbours": opts.neighbours,
+            "pixel_mapping": "(x / 255 - 0.5) / 0.5, float32",
+        },
+        "augmentations": [
+            {"index": k * num_views + v, "view": names[v], "neighbour_rank": k + 1}
+            for k in range(opts.neighbours)
+            for v in range(num_views)
+        ],
+        "batch_size": opts.batch_size,
+        "world_size": world,
+        "device": device.type,
+        "command": command or " ".join(sys.argv),
+    }
+
+    # Main process creates / checks the store; every rank learns the outcome.
+    state: Any
+    if rank == 0:
+        try:
+            state = _prepare_store(out, layout, manifest, opts.overwrite)
+        except StoreMismatchError as err:
+            state = err
+    state = _broadcast(state if rank == 0 else None, world)
+    if isinstance(state, Exception):
+        raise state
+    if state == "complete":
+        if rank == 0 and opts.progress:
+            print(f"{out}: token store already complete with these settings; nothing to do", file=sys.stderr)
+        _barrier(world)
+        return ts.read_manifest(out) if rank == 0 else None
+
+    writer = ts.StoreWriter(out)
+    done = writer.done_mask()
+    todo = [b for b in plan_batches(num_images, opts.batch_size, world, rank) if not done[b.start : b.stop].all()]
+    model = tokenizer.to(device).eval() if isinstance(tokenizer, torch.nn.Module) else tokenizer
+    loader = torch.utils.data.DataLoader(
+        _ViewsDataset(source, size, opts.aug),
+        batch_sampler=[list(b) for b in todo],
+        num_workers=opts.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    bar = None
+    if rank == 0 and opts.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(len(b) for b in todo), unit="img", desc=f"extract-tokens (rank 0 of {world})",
+                   dynamic_ncols=True)
+    written, last_flush = 0, time.monotonic()
+    try:
+        for indices, views, labels in loader:
+            n = views.shape[0]
+            images = uint8_to_unit(rearrange(views.to(device, non_blocking=True), "n v c h w -> (n v) c h w"))
+            with torch.no_grad(), autocast(device, amp):
+                codes = _encode(model, images, opts.neighbours)
+            codes = rearrange(codes.long(), "(n v) l k -> n (k v) l", n=n, v=num_views).cpu().numpy()
+            writer.write(indices.numpy(), codes, labels.numpy())
+            written += 1
+            if written % max(1, opts.flush_batches) == 0 or time.monotonic() - last_flush > opts.flush_seconds:
+                writer.flush()
+                last_flush = time.monotonic()
+            if bar is not None:
+                bar.update(n)
+            if on_batch is not None:
+                on_batch(written)
+    finally:
+        writer.close()  # marks done only rows whose codes were written (a hard kill skips this)
+        if bar is not None:
+            bar.close()
+    _barrier(world)
+    result = None
+    if rank == 0:
+        result = ts.finalize_store(out, {"command": manifest["command"], "world_size": world})
+    _barrier(world)
+    return result
