@@ -43,6 +43,8 @@ ALPHA_BACKGROUND = (255, 255, 255)
 
 _SRGB = ImageCms.createProfile("sRGB")
 _ORIENTATION = 0x0112  # EXIF tag
+_MAGIC_NUMBERS = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"II*\x00", "TIFF"),
+                  (b"MM\x00*", "TIFF"), (b"RIFF", "WEBP"), (b"BM", "BMP"))
 
 
 class DecodeError(ValueError):
@@ -163,6 +165,9 @@ def decode_image(source: str | os.PathLike | bytes) -> DecodedImage:
             fmt, mode = image.format or "unknown", image.mode
             image.load()
     except UnidentifiedImageError:
+        for magic, name in _MAGIC_NUMBERS:
+            if data.startswith(magic):
+                raise DecodeError(f"corrupt or truncated {name} data: unreadable header") from None
         raise DecodeError("not an image (unrecognised content)") from None
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"decompression bomb: {exc}") from None
