@@ -234,3 +234,19 @@ def test_resampling_generalises_to_other_grids(tiny):
         assert model.forward_pixels(out["post_quant"][:1], grid=16).shape == (1, 64, 16, 16)
     with pytest.raises(ValueError, match="square"):
         resample_pos_grid(torch.zeros(1, 10, 4), 3)
+
+
+def test_training_backward_reaches_every_live_parameter(tiny):
+    model, out = tiny
+    slots = out["post_quant"][:1].clone().requires_grad_(True)
+    model.train()
+    try:
+        pixels, semantic = model(slots, with_semantic=True)
+        (pixels.square().mean() + semantic.square().mean()).backward()
+    finally:
+        model.eval()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    assert slots.grad is not None and slots.grad.abs().sum() > 0
+    dead = {name for name, g in grads.items() if g is None or not g.abs().sum() > 0}
+    assert dead == {"register_tokens"}  # the registers sit last under the causal mask
