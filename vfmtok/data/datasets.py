@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from vfmtok.data.decode import decode_image
+from vfmtok.data.decode import DecodeError, decode_image
 from vfmtok.data.layouts import discover, load_classes
 from vfmtok.data.prepare import FORMAT_VERSION
 
@@ -191,6 +191,9 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.items[i]
-        image = decode_image(path).image
+        try:
+            image = decode_image(path).image
+        except DecodeError as exc:
+            raise DecodeError(f"{path}: {exc}") from None
         out = self.transform(image) if self.transform is not None else np.asarray(image)
         return (i, out, label) if self.return_index else (out, label)

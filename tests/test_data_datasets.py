@@ -1,0 +1,100 @@
+"""Readers over prepared data: random access, rank x worker partitioning, plain image folders."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from vfmtok.data.crops import AdmCenterCrop
+from vfmtok.data.datasets import ImageFolderDataset, PreparedDataset, PreparedStream, partition
+from vfmtok.data.decode import DecodeError, decode_image
+from vfmtok.data.prepare import PrepareSettings, prepare_dataset
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    src = root / "src"
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (src / f"n0{c}").mkdir(parents=True)
+        for i in range(c + 4):  # 4 + 5 + 6 = 15 images: uneven splits
+            arr = np.full((12 + i, 14, 3), 20 * c + i, np.uint8)
+            arr[0, 0] = rng.integers(0, 256, 3)
+            Image.fromarray(arr).save(src / f"n0{c}" / f"{i}.png")
+    (src / "n01" / "broken.png").write_bytes(b"\x89PNG broken")
+    prepare_dataset(src, root / "out", PrepareSettings(shard_size=4))
+    return src, root / "out"
+
+
+@pytest.mark.parametrize("n, world", [(15, 2), (15, 4), (3, 4), (0, 3), (17, 5)])
+def test_partition_is_disjoint_cover_with_balanced_sizes(n, world):
+    blocks = [partition(n, r, world) for r in range(world)]
+    assert [i for b in blocks for i in b] == list(range(n))
+    assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+
+
+def test_map_dataset_returns_source_images_and_labels(prepared):
+    src, out = prepared
+    dataset = PreparedDataset(out)
+    assert len(dataset) == 15 and dataset.classes == ["n00", "n01", "n02"]
+    image, label = dataset[6]  # 4 of n00, then n01's sorted files 0.png, 1.png, 2.png -> index 6 = n01/2.png
+    assert label == 1 and image.dtype == np.uint8
+    np.testing.assert_array_equal(image, np.asarray(decode_image(src / "n01" / "2.png").image))
+    assert dataset[-1][1] == 2
+    with pytest.raises(IndexError):
+        dataset[15]
+
+
+def test_two_ranks_two_workers_read_each_image_exactly_once(prepared):
+    _, out = prepared
+    crop = AdmCenterCrop(8)
+    reference = PreparedDataset(out, transform=crop)
+    seen = []
+    for rank in range(2):
+        stream = PreparedStream(out, transform=crop, return_index=True, rank=rank, world_size=2)
+        loader = DataLoader(stream, batch_size=2, num_workers=2)
+        for indices, images, labels in loader:
+            for i, image, label in zip(indices.tolist(), images, labels.tolist()):
+                ref_image, ref_label = reference[i]
+                torch.testing.assert_close(image, ref_image, rtol=0, atol=0)
+                assert label == ref_label
+                seen.append(i)
+        assert labels.dtype == torch.int64
+    assert sorted(seen) == list(range(15)) and len(seen) == 15
+
+
+def test_stream_without_workers_keeps_source_order(prepared):
+    _, out = prepared
+    stream = PreparedStream(out, return_index=True, rank=1, world_size=3)
+    assert [i for i, _, _ in stream] == list(range(5, 10))
+
+
+def test_transform_gives_minus_one_one_tensors(prepared):
+    _, out = prepared
+    image, label = PreparedDataset(out, transform=AdmCenterCrop(8))[0]
+    assert image.shape == (3, 8, 8) and image.dtype == torch.float32 and -1 <= image.min() <= image.max() <= 1
+
+
+def test_image_folder_dataset_matches_prepared_dataset(prepared):
+    src, out = prepared
+    folder = ImageFolderDataset(src, classes=str(out / "classes.json"))
+    prepared_ds = PreparedDataset(out)
+    assert len(folder) == 16  # the broken PNG is only found when read
+    assert folder.classes == prepared_ds.classes
+    assert list(folder.labels) == [0] * 4 + [1] * 6 + [2] * 6
+    image, label = folder[0]
+    np.testing.assert_array_equal(image, prepared_ds[0][0])
+    with pytest.raises(DecodeError, match="broken.png"):
+        folder[9]
+
+
+def test_unfinished_preparation_is_refused(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"format": "vfmtok-prepared-data", "format_version": 1, '
+                                            '"status": "in_progress"}')
+    with pytest.raises(ValueError, match="did not finish"):
+        PreparedDataset(tmp_path)
+    with pytest.raises(FileNotFoundError, match="prepare-data"):
+        PreparedDataset(tmp_path / "missing")
