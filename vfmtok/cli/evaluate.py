@@ -1,16 +1,69 @@
-"""`vfmtok evaluate` (placeholder until issue #8 lands)."""
+"""`vfmtok evaluate`: ADM-suite metrics (IS, FID, sFID, precision, recall) in PyTorch."""
 from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
-from vfmtok.cli.common import DeviceOpt, MixedPrecision, PrecisionOpt, SeedOpt, not_landed
+from vfmtok.cli.common import DeviceOpt, MixedPrecision, PrecisionOpt, SeedOpt, fail
 
 
 def command(
-    ctx: typer.Context,
+    samples: Annotated[Optional[Path], typer.Argument(help="Sample batch npz (arr_0 uint8 N x H x W x 3).")] = None,
+    ref: Annotated[Optional[Path], typer.Option("--ref", help="Reference batch npz, e.g. VIRTUAL_imagenet256_labeled.npz.")] = None,
+    inception_weights: Annotated[Optional[Path], typer.Option(
+        "--inception-weights",
+        help="TF-2015 Inception weights (pt_inception-2015-12-05-6726825d.pth). Default: $VFMTOK_INCEPTION_WEIGHTS, "
+             "then the torch hub cache.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write every metric plus provenance to this JSON file.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per Inception forward.")] = 64,
+    allow_resize: Annotated[bool, typer.Option(
+        "--allow-resize", help="Accept samples and reference of different resolutions (not comparable to papers).")] = False,
+    is_shuffle_seed: Annotated[int, typer.Option(
+        "--is-shuffle-seed", help="Seed of the permutation applied before the contiguous 5000-image IS splits.")] = 0,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the reference statistics cache.")] = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     mixed_precision: PrecisionOpt = MixedPrecision.no,
 ) -> None:
-    """Not implemented yet (issue #8)."""
-    not_landed("evaluate", 8)
+    """Score SAMPLES.npz against --ref REF.npz like OpenAI's ADM TensorFlow evaluator.
+
+    Prints N and resolution of both files, then the evaluator's five lines (Inception Score, FID, sFID,
+    Precision, Recall). Inception runs in fp32 by default (--mixed-precision bf16/fp16 is faster on CUDA but
+    shifts the numbers). The metrics are deterministic; --seed is accepted for CLI uniformity and unused
+    (the IS shuffle uses --is-shuffle-seed). See docs/evaluate.md.
+    """
+    if samples is None or ref is None:
+        fail("usage: vfmtok evaluate SAMPLES.npz --ref REF.npz (the tokenizer mode --tokenizer/--data is not implemented yet)")
+    from vfmtok.metrics.evaluate import EvaluationInputError, evaluate_samples, format_adm_lines
+    from vfmtok.metrics.reference import validate_image_npz
+    from vfmtok.metrics.weights import InceptionWeightsError, InceptionWeightsNotFound
+
+    try:
+        for role, path in (("samples", samples), ("reference", ref)):
+            info = validate_image_npz(path, role)
+            typer.echo(f"{role}: {info.path}  N={info.count}  {info.height}x{info.width}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = evaluate_samples(
+                samples, ref, inception_weights=inception_weights, batch_size=batch_size, device=device,
+                mixed_precision=mixed_precision.value, allow_resize=allow_resize, is_shuffle_seed=is_shuffle_seed,
+                use_cache=not no_cache, progress=True,
+            )
+    except (EvaluationInputError, InceptionWeightsNotFound, InceptionWeightsError, ValueError) as err:
+        fail(str(err))
+    for item in caught:
+        if issubclass(item.category, UserWarning):
+            typer.echo(f"warning: {item.message}", err=True)
+    w = result["inception_weights"]
+    typer.echo(f"inception weights: {w['path']} sha256={w['sha256']} origin={w['origin']}")
+    typer.echo(f"reference statistics: {result['reference']['statistics']}")
+    for line in format_adm_lines(result):
+        typer.echo(line)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        typer.echo(f"wrote {json_out}")
