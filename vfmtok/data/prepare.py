@@ -41,7 +41,7 @@ from vfmtok.data.adm_npz import NpzWriter
 from vfmtok.data.crops import adm_box_halve, adm_center_crop
 from vfmtok.data.decode import DecodeError, decode_image
 from vfmtok.data.layouts import SourceList, discover, load_classes, write_classes
-from vfmtok.data.shards import ShardSample, file_sha256, read_shard_index, shard_name, write_shard
+from vfmtok.data.shards import ShardSample, file_sha256, shard_name, write_shard
 
 __all__ = ["FORMAT_VERSION", "PrepareSettings", "NpzRequest", "PrepareResult", "PrepareError", "prepare_dataset",
            "encode_for_storage"]
@@ -176,8 +176,7 @@ def _run_shard(job: dict) -> dict:
     if not job["write"]:
         return {"shard": job["shard"], "crops_only": True}
     shard_path = out / shard_name(job["shard"])
-    write_shard(shard_path, samples)
-    index = read_shard_index(shard_path)
+    index = write_shard(shard_path, samples)
     return {
         "shard": job["shard"], "name": shard_path.name, "count": len(samples), "sha256": file_sha256(shard_path),
         "bytes": shard_path.stat().st_size, "rejected": rejected, "class_counts": class_counts,

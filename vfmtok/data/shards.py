@@ -7,7 +7,8 @@ A shard ``shard-<k:06d>.tar`` holds, per image, three members sharing the key ``
 * ``<key>.json``: ``{"src": relative source path, "wnid": class name, "label": int,
   "orig_size": [w, h], "size": [w, h], "stored": "verbatim" | "reencoded"}``.
 
-Members are written in key order with fixed metadata (mtime 0, uid/gid 0, mode 0644, USTAR format), so
+Members are written in key order with fixed metadata (mtime 0, uid/gid 0, mode 0644, USTAR format; the
+bytes are those Python's ``tarfile`` would write, produced directly because ``tarfile`` is slow), so
 the same inputs give byte-identical shards (needed for resumable, reproducible preparation). Shards are
 written to a temporary name and moved into place with ``os.replace``: a shard file either is complete
 or does not exist.
@@ -15,7 +16,6 @@ or does not exist.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tarfile
@@ -41,32 +41,64 @@ def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0o644, 0, 0, "", ""
-    tar.addfile(info, io.BytesIO(data))
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # tar record size: archives are padded to a multiple of it (as tarfile does)
 
 
-def write_shard(path: str | os.PathLike, samples: list[ShardSample]) -> None:
+def _ustar_header(name: str, size: int) -> bytes:
+    """512-byte USTAR header, byte-identical to ``tarfile`` with mode 0644, uid/gid 0, mtime 0, no names."""
+    raw = name.encode("ascii")
+    if len(raw) > 100:
+        raise ValueError(f"tar member name too long: {name!r}")
+    header = bytearray(_BLOCK)
+    header[0:len(raw)] = raw
+    header[100:108] = b"0000644\0"
+    header[108:116] = b"0000000\0"
+    header[116:124] = b"0000000\0"
+    header[124:136] = b"%011o\0" % size
+    header[136:148] = b"00000000000\0"
+    header[148:156] = b" " * 8
+    header[156:157] = b"0"
+    header[257:265] = b"ustar\x0000"
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+def write_shard(path: str | os.PathLike, samples: list[ShardSample]) -> list[tuple[str, str, int, int, int]]:
     """Write ``samples`` atomically to ``path`` (temp file in the same folder, then ``os.replace``).
+
+    Returns:
+        The shard index, as :func:`read_shard_index` would return it.
 
     Raises:
         ValueError: a key that is not 8 digits or an extension other than jpg/png.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    index = []
     try:
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        with open(tmp, "wb") as handle:
+            pos = 0
             for sample in samples:
                 if len(sample.key) != 8 or not sample.key.isdigit() or sample.ext not in ("jpg", "png"):
                     raise ValueError(f"bad shard sample key/ext {sample.key!r}/{sample.ext!r}")
-                _add(tar, f"{sample.key}.{sample.ext}", sample.data)
-                _add(tar, f"{sample.key}.cls", str(int(sample.label)).encode())
-                _add(tar, f"{sample.key}.json", json.dumps(sample.meta, sort_keys=True).encode())
+                members = ((sample.ext, sample.data), ("cls", str(int(sample.label)).encode()),
+                           ("json", json.dumps(sample.meta, sort_keys=True).encode()))
+                for ext, data in members:
+                    handle.write(_ustar_header(f"{sample.key}.{ext}", len(data)))
+                    if ext == sample.ext:
+                        index.append((sample.key, ext, pos + _BLOCK, len(data), int(sample.label)))
+                    handle.write(data)
+                    pad = -len(data) % _BLOCK
+                    handle.write(b"\0" * pad)
+                    pos += _BLOCK + len(data) + pad
+            end = pos + 2 * _BLOCK
+            handle.write(b"\0" * (2 * _BLOCK + (-end % _RECORD)))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return index
 
 
 def read_shard_index(path: str | os.PathLike) -> list[tuple[str, str, int, int, int]]:
