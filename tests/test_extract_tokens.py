@@ -241,3 +241,79 @@ def test_resume_after_kill_finishes_identical_to_uninterrupted(tmp_path):
     run_extract(tmp_path / "clean", n=n, aug="flip")
     assert _store_bytes(out) == _store_bytes(tmp_path / "clean")
     assert ts.read_manifest(out)["complete"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI with the real `tiny` tokenizer, on an image folder and on prepared data
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    import vfmtok
+    from vfmtok.models.tokenizer import save_tokenizer
+
+    torch.manual_seed(0)
+    run = tmp_path_factory.mktemp("tok") / "run"
+    save_tokenizer(vfmtok.create_tokenizer("tiny"), run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs") / "folder"
+    rng = np.random.default_rng(0)
+    for c, wnid in enumerate(["n01440764", "n01443537"]):
+        (root / wnid).mkdir(parents=True)
+        for j in range(2 + c):  # 2 + 3 = 5 images, different sizes, JPEG and PNG
+            arr = rng.integers(0, 256, (100 + 17 * j, 140 - 9 * j, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / wnid / f"img{j}.{'png' if j % 2 else 'JPEG'}")
+    return root
+
+
+def test_cli_extracts_folder_with_tiny_tokenizer(tmp_path, tiny_run, image_folder):
+    from typer.testing import CliRunner
+
+    import vfmtok
+    from vfmtok.cli.main import app
+
+    out = tmp_path / "store"
+    args = ["extract-tokens", str(image_folder), str(out), "--tokenizer", str(tiny_run), "--aug", "flip",
+            "--neighbours", "2", "--batch-size", "3", "--num-workers", "0", "--device", "cpu", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    codes, labels = np.load(out / "codes.npy"), np.load(out / "labels.npy")
+    assert codes.shape == (5, 4, 64) and codes.dtype == np.uint16
+    np.testing.assert_array_equal(labels, [0, 0, 1, 1, 1])
+    # independent: decode with PIL, reference ADM crop, one direct encode call per image
+    tok = vfmtok.load_tokenizer(tiny_run)
+    files = sorted(image_folder.glob("*/*"))
+    for i, path in enumerate(files):
+        crop = adm_center_crop_reference(Image.open(path).convert("RGB"), 112)
+        x = torch.from_numpy(np.stack([crop, crop[:, ::-1]]).transpose(0, 3, 1, 2).copy()).float() / 127.5 - 1
+        first, second = tok.encode(x, return_second=True)
+        np.testing.assert_array_equal(codes[i], torch.cat([first, second]).numpy())
+    manifest = ts.read_manifest(out)
+    assert manifest["codebook_size"] == 1024 and manifest["grid_size"] == 8
+    assert manifest["source"]["kind"] == "image-folder" and manifest["classes"] == ["n01440764", "n01443537"]
+    assert manifest["tokenizer"]["file_sha256"] == ts.sha256_file(tiny_run / "tokenizer.safetensors")
+    # same command again: nothing to do; other settings: refused with one clear line
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    refused = CliRunner().invoke(app, [*args[:5], "--aug", "none", *args[7:]])
+    assert refused.exit_code == 2 and "aug: store has 'flip', requested 'none'" in refused.output
+
+
+def test_cli_extracts_prepared_data_same_codes_as_folder(tmp_path, tiny_run, image_folder):
+    from typer.testing import CliRunner
+
+    from vfmtok.cli.main import app
+    from vfmtok.data.prepare import PrepareSettings, prepare_dataset
+
+    prepare_dataset(image_folder, tmp_path / "prep", PrepareSettings(min_size=0, shard_size=2), command_line=["t"])
+    common = ["--tokenizer", str(tiny_run), "--num-workers", "1", "--device", "cpu", "--no-progress"]
+    for data, out in ((tmp_path / "prep", tmp_path / "a"), (image_folder, tmp_path / "b")):
+        result = CliRunner().invoke(app, ["extract-tokens", str(data), str(out), *common])
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "a" / "codes.npy").read_bytes() == (tmp_path / "b" / "codes.npy").read_bytes()
+    assert ts.read_manifest(tmp_path / "a")["source"]["kind"] == "prepared-data"
+    dataset = ts.TokenDataset(tmp_path / "a")
+    assert (dataset.num_classes, dataset.vocab_size, dataset.grid_size, len(dataset)) == (2, 1024, 8, 5)

@@ -26,6 +26,8 @@ done in `progress.npy`.
 from __future__ import annotations
 
 import hashlib
+import inspect
+import json
 import math
 import os
 import sys
@@ -48,7 +50,9 @@ __all__ = [
     "ExtractOptions",
     "ImageSource",
     "StoreMismatchError",
+    "DatasetSource",
     "extract_tokens",
+    "open_image_source",
     "make_views",
     "plan_batches",
     "tokenizer_fingerprint",
@@ -151,6 +155,74 @@ class _ViewsDataset(torch.utils.data.Dataset):
 
 
 # ---------------------------------------------------------------------------------------------
+# Sources: prepared data or an image folder, through the data layer's datasets
+# ---------------------------------------------------------------------------------------------
+def _keep_pil(image: Any) -> Any:
+    """Dataset transform that returns the decoded PIL image unchanged (module-level: picklable)."""
+    return image
+
+
+class DatasetSource:
+    """:class:`ImageSource` over `vfmtok.data.datasets.PreparedDataset` or `ImageFolderDataset`.
+
+    Args:
+        dataset: a map-style dataset built with `transform=_keep_pil` (items (PIL RGB, label)).
+        description: provenance for the manifest.
+        fingerprint: content fingerprint (sha256 hex).
+        paths: per-index file paths (image folders) to name the file in decode errors.
+    """
+
+    def __init__(self, dataset: Any, description: dict[str, Any], fingerprint: str,
+                 paths: list[Any] | None = None) -> None:
+        self.dataset, self.description, self.fingerprint, self.paths = dataset, description, fingerprint, paths
+        self.classes = list(dataset.classes)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def load(self, index: int) -> tuple[Any, int]:
+        from vfmtok.data.decode import DecodeError
+
+        try:
+            image, label = self.dataset[index]
+        except DecodeError as err:
+            where = self.paths[index] if self.paths is not None else f"image {index}"
+            raise DecodeError(f"{where}: {err} (run `vfmtok prepare-data` to skip undecodable files)") from err
+        return image, int(label)
+
+
+def open_image_source(path: str | Path, split: str = "train") -> DatasetSource:
+    """Open DATA for extraction: prepared data (has manifest.json) or a folder of images.
+
+    Prepared data: `PreparedDataset`, fingerprint = sha256 of its manifest.json. Image folder (any layout of
+    `vfmtok.data.layouts.discover`, `split` picks train/ or val/ of an ImageNet root): `ImageFolderDataset`,
+    fingerprint = sha256 of the listing (relative path, label, byte size per file).
+
+    Raises:
+        FileNotFoundError: `path` does not exist. ValueError / LayoutError: unusable data (message says why).
+    """
+    from vfmtok.data.datasets import ImageFolderDataset, PreparedDataset
+
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"DATA {root} is not a directory (expected prepared data or an image folder)")
+    if (root / "manifest.json").is_file():
+        dataset = PreparedDataset(root, transform=_keep_pil)
+        desc = {"kind": "prepared-data", "path": str(root.resolve()),
+                "manifest_sha256": ts.sha256_file(root / "manifest.json")}
+        return DatasetSource(dataset, desc, desc["manifest_sha256"])
+    dataset = ImageFolderDataset(root, split=split, transform=_keep_pil)
+    digest = hashlib.sha256()
+    base = root.resolve()
+    for file, label in dataset.items:
+        file = Path(file)
+        rel = file.relative_to(base).as_posix() if file.is_relative_to(base) else str(file)
+        digest.update(f"{rel}|{label}|{file.stat().st_size}\n".encode())
+    desc = {"kind": "image-folder", "path": str(base), "split": split, "listing_sha256": digest.hexdigest()}
+    return DatasetSource(dataset, desc, digest.hexdigest(), paths=[p for p, _ in dataset.items])
+
+
+# ---------------------------------------------------------------------------------------------
 # Planning and fingerprints
 # ---------------------------------------------------------------------------------------------
 def plan_batches(num_images: int, batch_size: int, world_size: int, rank: int) -> list[range]:
@@ -169,11 +241,15 @@ def plan_batches(num_images: int, batch_size: int, world_size: int, rank: int) -
 def tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
     """sha256 over every parameter and buffer (name, dtype, shape, bytes), sorted by name.
 
-    Covers the frozen encoder too, so two tokenizers that can give different codes never share it.
+    Includes the frozen encoder (`tokenizer.vfm`, which VFMTokenizer keeps outside its own parameters
+    and state_dict), so two tokenizers that can give different codes never share a fingerprint.
+    Hashes ~1.5 GB for vfmtok-l (a few seconds).
     """
+    tensors = {**dict(tokenizer.named_parameters()), **dict(tokenizer.named_buffers())}
+    vfm = getattr(tokenizer, "vfm", None)
+    if isinstance(vfm, torch.nn.Module) and not any(m is vfm for m in tokenizer.modules()):
+        tensors.update({f"vfm.{k}": v for k, v in [*vfm.named_parameters(), *vfm.named_buffers()]})
     digest = hashlib.sha256()
-    tensors = dict(tokenizer.named_parameters())
-    tensors.update(dict(tokenizer.named_buffers()))
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -245,11 +321,27 @@ class ExtractOptions:
     progress: bool = True
 
 
+def _supports_topk(tokenizer: Any) -> bool:
+    if callable(getattr(tokenizer, "encode_topk", None)):
+        return True
+    try:
+        return "return_second" in inspect.signature(tokenizer.encode).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
 def _encode(tokenizer: Any, images: torch.Tensor, neighbours: int) -> torch.Tensor:
-    """(n, 3, S, S) float in [-1, 1] -> (n, L, k) int64 codes, nearest first."""
+    """(n, 3, S, S) float in [-1, 1] -> (n, L, k) int64 codes, nearest first.
+
+    neighbours=2 uses `tokenizer.encode_topk(images, 2)` when present, else VFMTokenizer's
+    `encode(images, return_second=True)` (second-nearest code by the quantizer's l2 distance).
+    """
     if neighbours == 1:
         return tokenizer.encode(images)[..., None]
-    return tokenizer.encode_topk(images, neighbours)
+    if callable(getattr(tokenizer, "encode_topk", None)):
+        return tokenizer.encode_topk(images, neighbours)
+    first, second = tokenizer.encode(images, return_second=True)
+    return torch.stack([first, second], dim=-1)
 
 
 def _prepare_store(out: Path, layout: ts.StoreLayout, manifest: dict[str, Any], overwrite: bool) -> str:
@@ -314,9 +406,10 @@ def extract_tokens(
         raise ValueError(f"--aug {opts.aug!r}: expected one of {', '.join(AUGMENTATIONS)}")
     if opts.neighbours not in (1, 2):
         raise ValueError(f"--neighbours {opts.neighbours}: expected 1 or 2")
-    if opts.neighbours == 2 and not callable(getattr(tokenizer, "encode_topk", None)):
+    if opts.neighbours == 2 and not _supports_topk(tokenizer):
         raise ValueError(
-            f"--neighbours 2 needs a tokenizer with encode_topk(images, k); {type(tokenizer).__name__} has none"
+            f"--neighbours 2 needs a tokenizer with encode_topk(images, k) or encode(images, return_second=True); "
+            f"{type(tokenizer).__name__} has neither"
         )
     if opts.batch_size < 1:
         raise ValueError(f"--batch-size {opts.batch_size}: expected >= 1")
@@ -376,6 +469,7 @@ def extract_tokens(
         "command": command or " ".join(sys.argv),
     }
 
+    manifest = json.loads(json.dumps(manifest))  # JSON-normalised (tuples -> lists) so comparisons are exact
     # Main process creates / checks the store; every rank learns the outcome.
     state: Any
     if rank == 0:
@@ -387,7 +481,7 @@ def extract_tokens(
     if isinstance(state, Exception):
         raise state
     if state == "complete":
-        if rank == 0 and opts.progress:
+        if rank == 0:
             print(f"{out}: token store already complete with these settings; nothing to do", file=sys.stderr)
         _barrier(world)
         return ts.read_manifest(out) if rank == 0 else None

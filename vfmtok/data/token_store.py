@@ -159,17 +159,21 @@ def store_differences(existing: dict[str, Any], settings: dict[str, Any]) -> lis
 
     Args:
         existing: the store's manifest (its `settings` entry is compared).
-        settings: the requested settings (same keys).
+        settings: the requested settings (JSON-normalised: lists, not tuples).
 
     Returns:
-        One line per differing key, `key: store has X, requested Y` (empty when compatible).
+        One line per differing leaf, `key.sub: store has X, requested Y` (empty when compatible).
     """
-    have = existing.get("settings", {})
-    lines = []
-    for key in sorted(set(have) | set(settings)):
-        if have.get(key) != settings.get(key):
-            lines.append(f"{key}: store has {have.get(key)!r}, requested {settings.get(key)!r}")
-    return lines
+
+    def walk(have: Any, want: Any, prefix: str) -> list[str]:
+        if isinstance(have, dict) and isinstance(want, dict):
+            return [line for key in sorted(set(have) | set(want), key=str)
+                    for line in walk(have.get(key), want.get(key), f"{prefix}{key}.")]
+        if have != want:
+            return [f"{prefix[:-1]}: store has {have!r}, requested {want!r}"]
+        return []
+
+    return walk(existing.get("settings", {}), settings, "")
 
 
 def _now() -> str:
