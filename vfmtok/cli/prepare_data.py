@@ -101,7 +101,7 @@ def command(
             bar.close()
     typer.echo(f"prepared {result.num_images} images in {len(result.counts_per_class)} classes -> {result.out}"
                f" ({result.num_rejected} rejected, see rejected.jsonl"
-               f"{f'; resumed {result.resumed_shards} finished shard(s)' if result.resumed_shards else ''})")
+               f"{f'; reused {result.resumed_shards} shard(s) finished earlier' if result.resumed_shards else ''})")
     if result.npz_path is not None:
         typer.echo(f"ADM batch -> {result.npz_path}")
     if strict and result.num_rejected:

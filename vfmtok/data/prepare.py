@@ -308,17 +308,21 @@ def prepare_dataset(
                 records[k] = record
     resumed = len(records)
     npz_size = npz.size if npz else None
-    jobs = []
+    pending = []  # (shard, write the shard?, compute crops?)
     for k in range(n_shards):
         need_crops = bool(npz_size) and not _crop_file(progress_dir, k, npz_size).is_file()
-        if k in records and not need_crops:
-            continue
-        chunk = sources.items[k * settings.shard_size : (k + 1) * settings.shard_size]
-        items = [(k * settings.shard_size + i, str(it.path), it.relpath,
-                  class_index.get(it.wnid, -1) if it.wnid else -1, it.wnid, it.reject) for i, it in enumerate(chunk)]
-        jobs.append({"shard": k, "items": items, "settings": asdict(settings), "out": str(out),
-                     "progress": str(progress_dir), "npz_size": npz_size if need_crops else None,
-                     "write": k not in records})
+        if k not in records or need_crops:
+            pending.append((k, k not in records, need_crops))
+
+    def _jobs():  # built lazily: a job lists its source files
+        for k, write, need_crops in pending:
+            chunk = sources.items[k * settings.shard_size : (k + 1) * settings.shard_size]
+            items = [(k * settings.shard_size + i, str(it.path), it.relpath,
+                      class_index.get(it.wnid, -1) if it.wnid else -1, it.wnid, it.reject)
+                     for i, it in enumerate(chunk)]
+            yield {"shard": k, "items": items, "settings": asdict(settings), "out": str(out),
+                   "progress": str(progress_dir), "npz_size": npz_size if need_crops else None, "write": write}
+
     fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
     done_now = 0
 
@@ -334,14 +338,14 @@ def prepare_dataset(
         if fail_after and done_now >= fail_after:
             raise RuntimeError(f"injected failure after {done_now} shard(s) ({FAIL_AFTER_ENV})")
 
-    if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
+    if workers == 1 or len(pending) <= 1:
+        for job in _jobs():
             _finish(_run_shard(job))
     else:
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with ctx.Pool(min(workers, len(jobs))) as pool:
-            for result in pool.imap_unordered(_run_shard, jobs):
+        with ctx.Pool(min(workers, len(pending))) as pool:
+            for result in pool.imap_unordered(_run_shard, _jobs()):
                 _finish(result)
     return _finalize(out, sources, manifest, [records[k] for k in range(n_shards)], npz, resumed)
 
