@@ -467,12 +467,19 @@ def create_gpt(
     if isinstance(cfg, str):
         raise KeyError(f"unknown GPT preset {cfg!r}; available: {', '.join(sorted(GPT_PRESETS))}")
     sizes = {"vocab_size": vocab_size, "num_classes": num_classes, "grid_size": grid_size}
-    changes = {**{k: v for k, v in sizes.items() if v is not None}, **overrides}
+    return GPT(_with_overrides(cfg, {**{k: v for k, v in sizes.items() if v is not None}, **overrides}))
+
+
+def _check_fields(overrides: dict[str, Any]) -> None:
     fields = {f.name for f in dataclasses.fields(GPTConfig)}
-    unknown = sorted(set(changes) - fields)
+    unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown GPTConfig field(s) {unknown}; expected some of {sorted(fields)}")
-    return GPT(dataclasses.replace(cfg, **changes))
+
+
+def _with_overrides(cfg: GPTConfig, overrides: dict[str, Any]) -> GPTConfig:
+    _check_fields(overrides)
+    return dataclasses.replace(cfg, **overrides)
 
 
 def save_gpt(model: GPT, out_dir: str | Path) -> Path:
@@ -542,7 +549,7 @@ def load_gpt(path: str | Path, **overrides: Any) -> GPT:
             if "gpt_config" not in meta:
                 raise FileNotFoundError(f"{path}: no {CONFIG_FILE} beside it and no gpt_config in its metadata")
             cfg_dict = json.loads(meta["gpt_config"])
-        cfg = dataclasses.replace(config_from_dict(GPTConfig, cfg_dict), **overrides)
+        cfg = _with_overrides(config_from_dict(GPTConfig, cfg_dict), overrides)
         source = str(path)
     else:
         ckpt = load_official_pt(path)
@@ -596,11 +603,10 @@ def infer_official_config(state: dict[str, Tensor], path: str | Path, args: Any 
     grid = getattr(args, "latent_size", None)
     base = {"dim": int(dim), "n_layer": n_layer, "vocab_size": int(vocab), "num_classes": int(num_classes),
             "grid_size": grid if isinstance(grid, int) else 16}
-    base.update(overrides)
-    base.setdefault("n_head", n_head)
-    if base["n_head"] is None:
+    if "n_head" not in overrides and n_head is None:
         raise ValueError(f"{path}: cannot infer the head count of a GPT with dim {dim} and {n_layer} layers; pass n_head=...")
-    cfg = GPTConfig(**base)
+    _check_fields(overrides)
+    cfg = GPTConfig(**{**base, "n_head": n_head, **overrides})
     if cfg.ffn_hidden != hidden:
         raise ValueError(f"{path}: FFN width {hidden} does not match the LlamaGen rule for dim {dim} ({cfg.ffn_hidden})")
     return cfg
