@@ -60,18 +60,18 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: Sequence[tuple[int, int]
         ValueError: on inconsistent shapes (names the argument).
     """
     _check_inputs(value, spatial_shapes, sampling_locations, attention_weights)
-    b, _, heads, head_dim = value.shape
+    b, _, heads, _ = value.shape
     sizes = [h * w for h, w in spatial_shapes]
     grids = 2.0 * sampling_locations - 1.0  # grid_sample's [-1, 1] convention
-    sampled = []
+    weights = rearrange(attention_weights, "b q m l p -> (b m) 1 q l p")
+    out = None
     for lvl, (value_l, (h, w)) in enumerate(zip(value.split(sizes, dim=1), spatial_shapes)):
         value_l = rearrange(value_l, "b (h w) m d -> (b m) d h w", h=h, w=w)
         grid_l = rearrange(grids[:, :, :, lvl], "b q m p xy -> (b m) q p xy")
-        # (B*M, Dh, Q, P)
-        sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False))
-    samples = torch.stack(sampled, dim=-2)  # (B*M, Dh, Q, L, P)
-    weights = rearrange(attention_weights, "b q m l p -> (b m) 1 q l p")
-    out = (samples * weights).sum(dim=(-2, -1))  # (B*M, Dh, Q)
+        # (B*M, Dh, Q, P) bilinear samples, zeros outside the map
+        sampled = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
+        term = (sampled * weights[..., lvl, :]).sum(-1)  # (B*M, Dh, Q)
+        out = term if out is None else out + term
     return rearrange(out, "(b m) d q -> b q (m d)", b=b, m=heads)
 
 
@@ -109,6 +109,14 @@ def ms_deform_attn_naive(value: torch.Tensor, spatial_shapes: Sequence[tuple[int
                         acc = acc + corner * (wx * wy * inside)[..., None]
                 out[:, :, m] += acc * attention_weights[:, :, m, lvl, p][..., None]
     return rearrange(out, "b q m d -> b q (m d)")
+
+
+def _linear32(layer: nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
+    """`layer(inputs)` in float32 even when the module's weights are stored in half precision."""
+    weight, bias = layer.weight, layer.bias
+    if weight.dtype != torch.float32:
+        weight, bias = weight.float(), None if bias is None else bias.float()
+    return F.linear(inputs, weight, bias)
 
 
 class MSDeformAttn(nn.Module):
@@ -178,15 +186,15 @@ class MSDeformAttn(nn.Module):
         with torch.autocast(device_type=query.device.type, enabled=False):
             query, reference_points, value_tokens = query.float(), reference_points.float(), value_tokens.float()
             b, q, _ = query.shape
-            value = rearrange(self.value_proj(value_tokens), "b s (m d) -> b s m d", m=self.heads)
-            offsets = rearrange(self.sampling_offsets(query), "b q (m l p xy) -> b q m l p xy",
+            value = rearrange(_linear32(self.value_proj, value_tokens), "b s (m d) -> b s m d", m=self.heads)
+            offsets = rearrange(_linear32(self.sampling_offsets, query), "b q (m l p xy) -> b q m l p xy",
                                 m=self.heads, l=self.levels, p=self.points)
-            logits = rearrange(self.attention_weights(query), "b q (m lp) -> b q m lp", m=self.heads)
+            logits = rearrange(_linear32(self.attention_weights, query), "b q (m lp) -> b q m lp", m=self.heads)
             weights = rearrange(logits.softmax(-1), "b q m (l p) -> b q m l p", l=self.levels)
             # offsets are in units of cells of each level: divide by (W_l, H_l)
             normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-            out = self.output_proj(ms_deform_attn(value, spatial_shapes, locations, weights))
+            out = _linear32(self.output_proj, ms_deform_attn(value, spatial_shapes, locations, weights))
         if return_sampling:
             return out, locations, weights
         return out

@@ -272,6 +272,10 @@ class VFMTokenizer(nn.Module):
         if codes.is_floating_point():
             raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
 
+    def _post_quant(self, quant: torch.Tensor) -> torch.Tensor:
+        """(B, L, d) fp32 code vectors -> (B, L, D) (12 -> 512 projection, in the module's dtype)."""
+        return self.post_slots_quant(quant.to(self.post_slots_quant.weight.dtype))
+
     def decode_slots(self, post_quant: torch.Tensor, with_semantic: bool = False):
         """(B, L, D) post-quant features -> (recon (B, 3, S, S), semantic (B, P, C) or None)."""
         grid, semantic = self.decode_transformer(post_quant, with_semantic=with_semantic)
@@ -292,7 +296,7 @@ class VFMTokenizer(nn.Module):
         levels = self.vfm_features(images)
         slots = self.encode_transformer(levels)
         q = self.slot_quantize(self.pre_slots_quant(slots))
-        recon, semantic = self.decode_slots(self.post_slots_quant(q.quant), with_semantic=return_semantic)
+        recon, semantic = self.decode_slots(self._post_quant(q.quant), with_semantic=return_semantic)
         target = levels[-1].detach() if return_semantic else None
         return TokenizerOutput(recon, q.codes, q.codebook_loss, q.commit_loss, semantic, target)
 
@@ -323,7 +327,7 @@ class VFMTokenizer(nn.Module):
         """
         self._check_codes(codes)
         quant = self.slot_quantize.lookup(codes.to(self.post_slots_quant.weight.device))
-        recon, _ = self.decode_slots(self.post_slots_quant(quant.to(self.post_slots_quant.weight.dtype)))
+        recon, _ = self.decode_slots(self._post_quant(quant))
         return recon
 
     @torch.no_grad()
@@ -354,7 +358,7 @@ class VFMTokenizer(nn.Module):
         q = self.slot_quantize(pre)
         out.update(indices=q.codes, quant=q.quant, code_distance_gap=q.distance_gap,
                    vq_codebook_loss=q.codebook_loss, vq_commit_loss=q.commit_loss)
-        out["post_quant"] = post = self.post_slots_quant(q.quant)
+        out["post_quant"] = post = self._post_quant(q.quant)
         out["pixel_grid_tokens"], sem = self.decode_transformer(post, with_semantic=semantic)
         out["decoded"] = self.decoder(out["pixel_grid_tokens"])
         if semantic:
@@ -492,6 +496,12 @@ def load_tokenizer(path: str | Path, encoder_weights: str | Path | None = None,
         tok.vfm.load_state(backbone, source=f"{path} (backbone keys)")
         tok.encoder_source = f"{path}#backbone"
     else:
-        tok = VFMTokenizer(cfg, encoder_weights=encoder_weights)
+        try:
+            tok = VFMTokenizer(cfg, encoder_weights=encoder_weights)
+        except (RuntimeError, FileNotFoundError) as err:
+            if encoder_weights is None and recorded not in (None, "pretrained", "random"):
+                raise type(err)(f"{err} (the run recorded encoder weights {recorded}, which were not found; "
+                                "pass encoder_weights=PATH)") from err
+            raise
     strict_load(tok, state, source=str(path))
     return tok.to(map_location).eval()
