@@ -173,3 +173,31 @@ def test_truncated_jpeg_is_rejected_and_global_setting_untouched():
 def test_missing_file_is_a_decode_error(tmp_path):
     with pytest.raises(DecodeError, match="cannot read"):
         decode_image(tmp_path / "nope.png")
+
+
+def _png16_rgb(values: np.ndarray) -> bytes:
+    """Minimal 16-bit-per-channel RGB PNG written by hand (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, _ = values.shape
+    rows = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_16bit_rgb_png_is_scaled_within_one_level():
+    values = np.array([[[0, 255, 256], [32768, 40000, 65535]]], np.uint16)
+    arr = _decode(_png16_rgb(values)).astype(int)
+    exact = np.round(values.astype(float) * 255 / 65535)
+    assert np.abs(arr - exact).max() <= 1
+    assert arr[0, 0, 2] == 1 and arr[0, 1, 0] == 128 and arr[0, 1, 2] == 255  # clipping would give 255, 255
+
+
+def test_rgb_colour_key_transparency_is_composited_on_white():
+    rgb = np.array([[[1, 2, 3], [200, 100, 50]]], np.uint8)
+    arr = _decode(_encode(Image.fromarray(rgb), "PNG", transparency=(1, 2, 3)))
+    np.testing.assert_array_equal(arr, [[ALPHA_BACKGROUND, [200, 100, 50]]])

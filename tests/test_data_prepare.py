@@ -1,6 +1,7 @@
 """prepare-data end to end: shards, rejects, resume after a kill, refusal to mix settings, the ADM npz."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -97,6 +98,14 @@ def test_prepare_writes_shards_labels_rejects_and_manifest(source, tmp_path):
                 assert diff.mean() < 1.5, (meta, diff.mean())
             reencoded += meta["stored"] == "reencoded"
     assert reencoded >= 5  # halved images, the CMYK JPEG and the PNG named .JPEG
+    # provenance: sha256 over per-shard sha256 chains of the accepted source files' bytes
+    per_shard = []
+    for shard in manifest["shards"]:
+        chain = hashlib.sha256()
+        for key, *_ in read_shard_index(out / shard["name"]):
+            chain.update(hashlib.sha256((source / _meta(out / shard["name"], key)["src"]).read_bytes()).digest())
+        per_shard.append(chain.hexdigest())
+    assert manifest["source"]["content_sha256"] == hashlib.sha256("".join(per_shard).encode()).hexdigest()
 
 
 def _meta(shard_path, key):
@@ -131,6 +140,28 @@ def test_resume_after_kill_gives_identical_output(source, tmp_path, monkeypatch)
     (out / ".shard-000003.tar.tmp-999").write_bytes(b"partial shard of the killed worker")
     monkeypatch.delenv(FAIL_AFTER_ENV)
     result = prepare_dataset(source, out, SETTINGS, command_line=["x"], workers=2)
+    assert result.resumed_shards == 2
+    assert _files(out) == _files(reference)
+    assert _manifest_core(out) == _manifest_core(reference)
+
+
+def test_sigkilled_process_resumes_to_identical_output(source, tmp_path):
+    """A real `kill -9` of the preparing process after 2 shards (no cleanup code runs), then a restart."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    reference = tmp_path / "ref"
+    prepare_dataset(source, reference, SETTINGS, command_line=["x"])
+    out = tmp_path / "out"
+    code = ("import sys; from vfmtok.data.prepare import PrepareSettings, prepare_dataset; "
+            "prepare_dataset(sys.argv[1], sys.argv[2], PrepareSettings(min_size=12, shard_size=4))")
+    env = {**os.environ, FAIL_AFTER_ENV: "2:kill"}
+    proc = subprocess.run([sys.executable, "-c", code, str(source), str(out)], env=env, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert not (out / "index.npz").exists()
+    result = prepare_dataset(source, out, SETTINGS, command_line=["x"])
     assert result.resumed_shards == 2
     assert _files(out) == _files(reference)
     assert _manifest_core(out) == _manifest_core(reference)

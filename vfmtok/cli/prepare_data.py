@@ -22,6 +22,14 @@ class StoreFormat(str, Enum):
     png = "png"
 
 
+def _set_total(bar):
+    def set_total(total: int) -> None:
+        bar.total = total
+        bar.refresh()
+
+    return set_total
+
+
 def command(
     src: Annotated[Path, typer.Argument(help="Folder of class folders (any ImageFolder), or an ImageNet root "
                                              "holding train/ and val/.")],
@@ -93,7 +101,8 @@ def command(
     try:
         result = prepare_dataset(src, out, settings, classes_file=classes, labels_file=val_labels,
                                  synsets_file=devkit_meta, npz=request, workers=workers, overwrite=overwrite,
-                                 command_line=["vfmtok", *sys.argv[1:]], progress=bar.update if bar is not None else None)
+                                 command_line=["vfmtok", *sys.argv[1:]], progress=bar.update if bar is not None else None,
+                                 progress_total=_set_total(bar) if bar is not None else None)
     except (PrepareError, LayoutError, FileNotFoundError) as exc:
         fail(str(exc))
     finally:

@@ -16,9 +16,12 @@ goes through :func:`decode_image`, so a picture gives the same pixels everywhere
 5. Modes: ``L``/``1``/``I;16*``/``I``/``F`` grey -> replicated to RGB; 16-bit data is **scaled**
    (``round(v * 255 / 65535)``), never clipped; ``I``/``F`` are scaled from their own type range
    (``I``: 0..65535 as written by 16-bit PNG/TIFF decoders; ``F``: 0.0..1.0, clipped outside).
-   ``P`` (palette) -> its RGB colours; ``P`` with a transparent index, ``PA``, ``LA``, ``La``, ``RGBA``,
-   ``RGBa`` -> **alpha-composited on white** (255, 255, 255): a transparent pixel shows white, the
+   ``P`` (palette) -> its RGB colours; ``P`` with a transparent index, ``RGB``/``L`` with a colour-key
+   (PNG ``tRNS``), ``PA``, ``LA``, ``La``, ``RGBA``, ``RGBa`` -> **alpha-composited on white**
+   (255, 255, 255): a transparent pixel shows white, the
    usual background of product photos and web graphics. ``YCbCr``, ``LAB``, ``HSV`` -> RGB conversion.
+   16-bit RGB(A) PNGs are reduced to 8 bits by Pillow's decoder (high byte, ``v >> 8``: scaled, within
+   one level of ``round(v * 255 / 65535)``). Animated images (GIF, APNG, WebP) give their first frame.
 """
 from __future__ import annotations
 
@@ -110,6 +113,8 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, bool]:
             return ImageCms.profileToProfile(image, src, _SRGB, outputMode="RGB"), True
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass  # broken or mismatched profile: fall back to the device conversion below
+    if mode in ("RGB", "L") and "transparency" in image.info:  # PNG colour-key (tRNS) transparency
+        return _composite_on_background(image.convert("RGBA")), True
     if mode == "RGB":
         return image, transformed
     if mode in ("L", "1", "CMYK", "YCbCr", "HSV"):

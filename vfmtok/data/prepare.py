@@ -29,6 +29,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -47,7 +48,7 @@ __all__ = ["FORMAT_VERSION", "PrepareSettings", "NpzRequest", "PrepareResult", "
            "encode_for_storage"]
 
 FORMAT_VERSION = 1
-FAIL_AFTER_ENV = "VFMTOK_PREPARE_FAIL_AFTER"  # test hook: raise after this many shards (simulates a kill)
+FAIL_AFTER_ENV = "VFMTOK_PREPARE_FAIL_AFTER"  # test hook: "k" raises after k shards, "k:kill" sends SIGKILL
 _OUR_FILES = ("manifest.json", "classes.json", "rejected.jsonl", "index.npz")
 
 
@@ -146,6 +147,7 @@ def _run_shard(job: dict) -> dict:
     out, progress, npz_size = Path(job["out"]), Path(job["progress"]), job["npz_size"]
     samples, rejected, crops, class_counts = [], [], [], {}
     short_sides, how_counts = [], {"verbatim": 0, "reencoded": 0}
+    content = hashlib.sha256()  # of the accepted source files' bytes, in source order
     for index, path, relpath, label, wnid, reject in job["items"]:
         if reject is None:
             try:
@@ -156,6 +158,7 @@ def _run_shard(job: dict) -> dict:
         if reject is not None:
             rejected.append({"index": index, "path": relpath, "reason": reject})
             continue
+        content.update(hashlib.sha256(data).digest())
         if npz_size:
             crops.append(adm_center_crop(decoded.image, npz_size))
         if job["write"]:
@@ -182,6 +185,7 @@ def _run_shard(job: dict) -> dict:
         "bytes": shard_path.stat().st_size, "rejected": rejected, "class_counts": class_counts,
         "members": [[int(k), off, size, label] for k, _, off, size, label in index],
         "short_side": [min(short_sides), max(short_sides)] if short_sides else None, "stored": how_counts,
+        "source_sha256": content.hexdigest(),
     }
 
 
@@ -253,6 +257,7 @@ def prepare_dataset(
     overwrite: bool = False,
     command_line: list[str] | None = None,
     progress: Callable[[int], None] | None = None,
+    progress_total: Callable[[int], None] | None = None,
 ) -> PrepareResult:
     """Prepare ``src`` into ``out`` (module docstring); resumes a compatible interrupted run.
 
@@ -267,6 +272,7 @@ def prepare_dataset(
         overwrite: replace an OUT made with other settings (only our own files are removed).
         command_line: recorded in the manifest (default ``sys.argv``).
         progress: called with the number of source items of each finished shard.
+        progress_total: called once with the number of source items still to process.
 
     Returns:
         :class:`PrepareResult`.
@@ -314,6 +320,10 @@ def prepare_dataset(
         if k not in records or need_crops:
             pending.append((k, k not in records, need_crops))
 
+    if progress_total is not None:
+        progress_total(sum(len(sources.items[k * settings.shard_size : (k + 1) * settings.shard_size])
+                           for k, _, _ in pending))
+
     def _jobs():  # built lazily: a job lists its source files
         for k, write, need_crops in pending:
             chunk = sources.items[k * settings.shard_size : (k + 1) * settings.shard_size]
@@ -323,7 +333,8 @@ def prepare_dataset(
             yield {"shard": k, "items": items, "settings": asdict(settings), "out": str(out),
                    "progress": str(progress_dir), "npz_size": npz_size if need_crops else None, "write": write}
 
-    fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
+    hook = os.environ.get(FAIL_AFTER_ENV, "")  # "k" raises after k shards, "k:kill" SIGKILLs this process
+    fail_after, kill = int(hook.split(":")[0] or 0), hook.endswith(":kill")
     done_now = 0
 
     def _finish(result: dict) -> None:
@@ -336,6 +347,8 @@ def prepare_dataset(
         if progress is not None:
             progress(len(sources.items[k * settings.shard_size : (k + 1) * settings.shard_size]))
         if fail_after and done_now >= fail_after:
+            if kill:
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"injected failure after {done_now} shard(s) ({FAIL_AFTER_ENV})")
 
     if workers == 1 or len(pending) <= 1:
@@ -367,6 +380,7 @@ def _finalize(out: Path, sources: SourceList, manifest: dict, records: list[dict
                        "sha256": record["sha256"], "bytes": record["bytes"]})
         members.extend([k, *m] for m in record["members"])
         first += record["count"]
+    content = hashlib.sha256("".join(r["source_sha256"] for r in records).encode()).hexdigest()
     table = np.asarray(members, dtype=np.int64).reshape(-1, 5)
     with open(out / ".index.npz.tmp", "wb") as handle:
         np.savez(handle, shard=table[:, 0], source_index=table[:, 1], offset=table[:, 2], size=table[:, 3],
@@ -380,7 +394,7 @@ def _finalize(out: Path, sources: SourceList, manifest: dict, records: list[dict
         "source": {"path": str(sources.root), "layout": sources.layout,
                    "labels_file": str(sources.labels_file) if sources.labels_file else None,
                    "synsets_file": str(sources.synsets_file) if sources.synsets_file else None,
-                   "num_files": len(sources.items)},
+                   "num_files": len(sources.items), "content_sha256": content},
         "settings": settings,
         "stored_resolution": {
             "policy": f"BOX-halved while the short side >= 2 * {settings['min_size']} (ADM pre-shrink); never "
