@@ -118,7 +118,10 @@ def test_reader_returns_every_image_with_its_label(tmp_path):
         got = [ds[i] for i in range(len(ds))]
         np.testing.assert_array_equal(torch.stack([c for c, _ in got]).numpy(), codes[:, a])
         np.testing.assert_array_equal([int(y) for _, y in got], labels)
-        assert got[0][0].dtype == torch.int64 and got[0][1].dtype == torch.int64
+        assert got[0][0].dtype == torch.int64 and got[0][1].dtype == np.int64
+    codes_b, labels_b = ts.TokenDataset(tmp_path, augmentation=2)[[3, 0, 7]]  # vectorised batch read
+    np.testing.assert_array_equal(codes_b.numpy(), codes[[3, 0, 7], 2])
+    assert labels_b.dtype == torch.int64 and labels_b.tolist() == labels[[3, 0, 7]].tolist()
 
 
 def test_reader_random_augmentation_is_reproducible_per_seed_epoch_index(tmp_path):
@@ -130,6 +133,7 @@ def test_reader_random_augmentation_is_reproducible_per_seed_epoch_index(tmp_pat
         np.testing.assert_array_equal(ds[i][0].numpy(), codes[i, choice[i]])
     batched = ds.__getitems__([4, 0, 10])
     assert [c.tolist() for c, _ in batched] == [ds[i][0].tolist() for i in (4, 0, 10)]
+    np.testing.assert_array_equal(ds[np.array([4, 0, 10])][0].numpy(), codes[[4, 0, 10], choice[[4, 0, 10]]])
 
 
 def test_reader_in_dataloader_workers_matches_direct_reads_and_pickles_small(tmp_path):
@@ -138,11 +142,14 @@ def test_reader_in_dataloader_workers_matches_direct_reads_and_pickles_small(tmp
     ds.set_epoch(1)
     ds[0]  # open the memory maps in this process; they must not travel to workers
     assert len(pickle.dumps(ds)) < 4000
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, shuffle=False)
-    got_codes, got_labels = zip(*loader)
     choice = ts.augmentation_choice(1, 1, np.arange(23), 3)
-    np.testing.assert_array_equal(torch.cat(got_codes).numpy(), codes[np.arange(23), choice])
-    np.testing.assert_array_equal(torch.cat(got_labels).numpy(), labels)
+    sampler = torch.utils.data.BatchSampler(range(23), 4, drop_last=False)
+    for loader in (torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2),  # per-sample collation
+                   torch.utils.data.DataLoader(ds, sampler=sampler, batch_size=None, num_workers=2)):  # vectorised
+        got_codes, got_labels = zip(*loader)
+        np.testing.assert_array_equal(torch.cat(got_codes).numpy(), codes[np.arange(23), choice])
+        np.testing.assert_array_equal(torch.cat(got_labels).numpy(), labels)
+        assert got_labels[0].dtype == torch.int64
 
 
 def test_reader_stays_within_the_store(tmp_path):
@@ -153,6 +160,8 @@ def test_reader_stays_within_the_store(tmp_path):
             ds[bad]
     with pytest.raises(IndexError):
         ds.__getitems__([0, 5])
+    with pytest.raises(IndexError):
+        ds[[-1, 2]]
     with pytest.raises(ValueError, match="augmentation 3 outside"):
         ts.TokenDataset(tmp_path, augmentation=3)
 
