@@ -167,6 +167,24 @@ def test_class_dropout_replaces_labels_by_null_in_training_only():
     assert (model.cls_embedding(labels) == table[2]).all()
 
 
+def test_activation_checkpointing_gives_identical_loss_and_gradients():
+    model = small_gpt(seed=6).train()
+    tokens, labels = torch.randint(0, 32, (3, 15)), torch.tensor([0, 1, 2])
+    targets = torch.cat([tokens, torch.randint(0, 32, (3, 1))], 1)
+    grads = []
+    for checkpointing in (False, True):
+        model.activation_checkpointing = checkpointing
+        model.zero_grad()
+        torch.manual_seed(7)  # same dropout masks in both runs
+        loss = model(tokens, labels, targets)[1]
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert grads[0][1][0].abs().sum() > 0
+
+
 def test_forward_rejects_out_of_range_ids():
     model = small_gpt()
     with pytest.raises(ValueError, match=r"class label ids must be in \[0, 6\)"):

@@ -194,7 +194,7 @@ def _labels_tensor(labels: Tensor | Sequence[int], num_classes: int) -> Tensor:
     return labels
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def generate(
     gpt: torch.nn.Module,
     labels: Tensor | Sequence[int],

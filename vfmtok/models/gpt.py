@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from vfmtok.configs import GPT_PRESETS, config_from_dict, config_to_dict
@@ -257,6 +258,9 @@ class LabelEmbedder(nn.Module):
 class GPT(nn.Module):
     """Class-conditional LlamaGen GPT (state-dict keys = the authors' `GPT-*.pt` keys).
 
+    Set `activation_checkpointing = True` to recompute each `TransformerBlock` in the backward pass
+    (training only; same gradients, dropout masks preserved). For FSDP, wrap per `TransformerBlock`.
+
     Args:
         config: the `GPTConfig`.
     """
@@ -273,6 +277,8 @@ class GPT(nn.Module):
         self._rope_cpu = rope_table_2d(config.head_dim, config.grid_size, config.rope_base, config.cls_token_num)
         self._rope_by_device: dict[torch.device, Tensor] = {}
         self.cache_batch: int = 0
+        # Recompute each block in the backward pass (training memory saver; set by the training loop).
+        self.activation_checkpointing = False
         self.initialize_weights()
 
     # -- init ------------------------------------------------------------------------------------
@@ -325,7 +331,10 @@ class GPT(nn.Module):
         h = self.tok_dropout(h)
         rope = self._rope(h.device)[: h.shape[1]]
         for layer in self.layers:
-            h = layer(h, rope, None)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                h = torch.utils.checkpoint.checkpoint(layer, h, rope, None, use_reentrant=False)
+            else:
+                h = layer(h, rope, None)
         logits = self.output(self.norm(h)).float()
         loss = None
         if targets is not None:
