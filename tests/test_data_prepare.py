@@ -184,6 +184,9 @@ def test_refuses_to_mix_settings_unless_overwrite(source, tmp_path):
     result = prepare_dataset(source, out, PrepareSettings(min_size=0, shard_size=4), overwrite=True)
     assert result.num_images == 18
     assert json.loads((out / "manifest.json").read_text())["settings"]["min_size"] == 0
+    with pytest.raises(PrepareError, match="npz-count 99"):  # refused before any work
+        prepare_dataset(source, tmp_path / "new", SETTINGS, npz=NpzRequest(tmp_path / "x.npz", 8, count=99))
+    assert not (tmp_path / "new").exists()
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")

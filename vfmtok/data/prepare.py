@@ -224,6 +224,8 @@ def _clear_outputs(out: Path) -> None:
 
 def _check_out(out: Path, fingerprint: dict, overwrite: bool) -> dict | None:
     """Return the previous manifest if OUT holds a compatible run; refuse or clear otherwise."""
+    if out.exists() and not out.is_dir():
+        raise PrepareError(f"output {out} exists and is not a folder")
     if not out.exists() or not any(out.iterdir()):
         return None
     manifest_path = out / "manifest.json"
@@ -288,6 +290,11 @@ def prepare_dataset(
     out = Path(out).resolve()
     classes = load_classes(classes_file) if classes_file else None
     sources = discover(src, settings.split, classes=classes, labels_file=labels_file, synsets_file=synsets_file)
+    candidates = sum(it.reject is None for it in sources.items)
+    if npz is not None and npz.count is not None and not 0 < npz.count <= candidates:
+        raise PrepareError(f"--npz-count {npz.count} must be in 1..{candidates} (image files found)")
+    if npz is not None and npz.size < 1:
+        raise PrepareError(f"--npz-size must be >= 1, got {npz.size}")
     fingerprint = _fingerprint(sources, settings)
     previous = _check_out(out, fingerprint, overwrite)
     progress_dir = out / ".progress"
