@@ -98,3 +98,15 @@ def test_unfinished_preparation_is_refused(tmp_path):
         PreparedDataset(tmp_path)
     with pytest.raises(FileNotFoundError, match="prepare-data"):
         PreparedDataset(tmp_path / "missing")
+
+
+def test_truncated_shard_is_reported(prepared, tmp_path):
+    import shutil
+
+    _, out = prepared
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shard = copy / "shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="shard-000001.tar: 1000 bytes"):
+        PreparedDataset(copy)

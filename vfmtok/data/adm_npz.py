@@ -305,7 +305,7 @@ class NpzWriter:
             raise ValueError(f"NpzWriter({self.path}): labels given but with_labels=False")
         if self.written + b > self.count:
             raise ValueError(f"NpzWriter({self.path}): {self.written + b} images exceed the declared count {self.count}")
-        self._stream.write(np.ascontiguousarray(images).tobytes())
+        self._stream.write(memoryview(np.ascontiguousarray(images)).cast("B"))
         if self.with_labels:
             self._labels.append(labels.astype(np.int64))
         self.written += b

@@ -76,6 +76,11 @@ class _PreparedBase:
             self.labels = index["label"]
             self.source_index = index["source_index"]
         self.shard_paths = [self.root / s["name"] for s in self.manifest["shards"]]
+        for path, shard in zip(self.shard_paths, self.manifest["shards"]):
+            size = path.stat().st_size if path.is_file() else None
+            if size != shard["bytes"]:
+                raise ValueError(f"{path}: {'missing' if size is None else f'{size} bytes'}, manifest says "
+                                 f"{shard['bytes']} bytes; rerun prepare-data (with --overwrite if needed)")
         self.transform, self.return_index = transform, return_index
         self._handles: dict[int, object] = {}
         self._pid = None
@@ -117,7 +122,8 @@ class PreparedDataset(_PreparedBase, Dataset):
         classes: class names in index order; labels: int64 (N,) array of class indices; manifest: dict.
 
     Raises:
-        FileNotFoundError, ValueError: see :func:`read_manifest`.
+        FileNotFoundError, ValueError: see :func:`read_manifest`; ValueError also for a missing or
+            truncated shard.
     """
 
     def __getitem__(self, i: int):
