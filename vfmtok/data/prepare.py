@@ -417,6 +417,8 @@ def _finalize(out: Path, sources: SourceList, manifest: dict, records: list[dict
     if npz is not None:
         manifest["npz"] = _write_npz(out, npz, records, table[:, 4])
         npz_path = Path(npz.path)
+    for crops in (out / ".progress").glob("shard-*.crops*.npy"):  # also those of killed runs / other sizes
+        crops.unlink()
     manifest["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return PrepareResult(out=out, num_images=first, num_rejected=len(rejected), counts_per_class=counts,
@@ -443,8 +445,6 @@ def _write_npz(out: Path, npz: NpzRequest, records: list[dict], labels: np.ndarr
             sel = slice(begin, begin + 256)
             batch = np.stack([crops[s][i - starts[s]] for s, i in zip(shard_of[sel], order[sel])])
             writer.write(batch, labels[order[sel]])
-    for record in records:
-        _crop_file(progress_dir, record["shard"], npz.size).unlink(missing_ok=True)
     return {"path": str(Path(npz.path).resolve()), "size": npz.size, "count": count,
             "shuffle_seed": npz.shuffle_seed, "crop": "ADM centre crop of the decoded source image",
             "sha256": file_sha256(npz.path)}
