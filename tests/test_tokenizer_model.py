@@ -204,3 +204,15 @@ def test_resize_blur_matches_an_independent_gaussian_filter():
     assert antialiased_bicubic_resize(image, (50, 40)) is image  # exact no-op at the target size
     up = antialiased_bicubic_resize(image, (60, 60))  # enlarging: no blur
     torch.testing.assert_close(up, F.interpolate(image, size=(60, 60), mode="bicubic", align_corners=True))
+
+
+def test_another_timm_vit_can_be_the_frozen_encoder(images):
+    # a plain ViT (cls token only, patch 16, its own mean/std) instead of DINOv2: grids follow the patch size
+    tok = create_tokenizer("tiny", vfm_name="vit_tiny_patch16_224", vfm_kwargs={"depth": 2}, vfm_levels=(0, 1))
+    assert tok.vfm.grid_size == 7 and tok.vfm.embed_dim == 192
+    torch.testing.assert_close(tok.vfm.mean.flatten(), torch.full((3,), 0.5))
+    out = tok(images[:1])
+    assert out.recon.shape == (1, 3, 112, 112)
+    assert out.semantic_pred.shape == out.semantic_target.shape == (1, 49, 192)
+    with pytest.raises(ValueError, match="levels"):
+        create_tokenizer("tiny", vfm_levels=(2, 9))
