@@ -250,3 +250,23 @@ def test_cli_val_split_with_train_classes(tmp_path, source):
     refused = runner.invoke(app, ["prepare-data", str(root), str(tmp_path / "val2"), "--split", "val", "--classes",
                                   str(tmp_path / "train" / "classes.json"), "--no-progress"])
     assert refused.exit_code != 0 and "n77" in refused.output
+
+
+def test_crops_of_stored_images_equal_crops_of_originals(tmp_path):
+    """The storage policy's promise: BOX-halving to >= min_size keeps ADM crops (target <= min_size) exact."""
+    from vfmtok.data.crops import adm_random_crop
+    from vfmtok.data.datasets import PreparedDataset
+
+    src = tmp_path / "src" / "n01"
+    src.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    original = Image.fromarray(rng.integers(0, 256, (500, 600, 3), dtype=np.uint8))
+    original.save(src / "big.png")
+    prepare_dataset(tmp_path / "src", tmp_path / "out", PrepareSettings(min_size=60))
+    stored = PreparedDataset(tmp_path / "out", transform=lambda image: image)[0][0]
+    assert stored.size == (75, 62)  # 500 -> 250 -> 125 -> 62 (62 < 120 stops)
+    np.testing.assert_array_equal(adm_center_crop(stored, 48), adm_center_crop(original, 48))
+    for seed in range(5):
+        a = adm_random_crop(stored, 48, np.random.default_rng(seed))  # short side drawn from 48..60
+        b = adm_random_crop(original, 48, np.random.default_rng(seed))
+        np.testing.assert_array_equal(a, b)
