@@ -68,3 +68,19 @@ def test_demo_is_deterministic_and_idempotent(demo, tmp_path):
     (other / "keep.txt").write_text("x")
     with pytest.raises(ValueError, match="not a demo-data folder"):
         build_demo_data(other, SMALL)
+
+
+def test_demo_data_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from vfmtok.cli.main import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["demo-data", str(tmp_path / "d"), "--train-per-class", "2", "--val-per-class", "1",
+                                 "--size", "16"])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "d" / "train").rglob("*.JPEG"))) == 2 * len(DEMO_CLASSES)
+    assert len(list((tmp_path / "d" / "val").rglob("*.JPEG"))) == len(DEMO_CLASSES)
+    help_text = runner.invoke(app, ["demo-data", "--help"]).output
+    for option in ("--train-per-class", "--val-per-class", "--size", "--seed", "--quality"):
+        assert option in help_text
