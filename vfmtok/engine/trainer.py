@@ -1,0 +1,434 @@
+"""A generic, resumable training loop on accelerate (used by `train-tokenizer` and `train-ar`).
+
+The caller supplies models, optimizers (+ schedulers), a dataset and a *step function*. Per optimizer step the
+trainer draws `grad_accum` micro-batches from a `RankDisjointSampler` loader, calls the step function on each
+(under autocast, DDP gradient sync only on the last micro-batch), back-propagates the returned losses (one per
+optimizer, scaled by 1/grad_accum), averages the logged values over micro-batches and ranks, checks that every
+loss and gradient norm is finite, clips gradients, steps the optimizers that received a loss and their
+schedulers, updates the EMAs, logs to `metrics.jsonl` and checkpoints every `save_every` steps, at the end and on
+SIGTERM/SIGINT. Resumption restores models, optimizers, schedulers, EMAs, extra state, the step (hence the data
+position) and per-rank RNG states: on CPU a resumed run is bit-identical to an uninterrupted one.
+
+Step function contract: `step_fn(trainer, batch) -> StepOutput`, where `batch` is the collated micro-batch
+already on `trainer.device`, `trainer.step` is the 0-based index of the optimizer step being computed and
+`trainer.models[name]` are the prepared (possibly DDP-wrapped) models (`trainer.unwrap(name)` for the bare module).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from tqdm.auto import tqdm
+
+from vfmtok.engine.checkpoint import capture_rng, latest_checkpoint, read_checkpoint, restore_rng, write_checkpoint
+from vfmtok.engine.data import make_loader
+from vfmtok.engine.ema import EMA
+from vfmtok.engine.metrics import MetricsLogger
+from vfmtok.engine.sampler import RankDisjointSampler
+
+log = logging.getLogger(__name__)
+
+TIME_KEYS = ("images_per_s", "sec_per_step", "time")  # metrics that depend on wall-clock time
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss or gradient norm was NaN/inf; the run stopped before updating any weight."""
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainerConfig:
+    """Loop settings.
+
+    Attributes:
+        out_dir: run directory (`checkpoints/`, `metrics.jsonl` go there).
+        total_steps: optimizer steps of the whole run (a resumed run stops there too).
+        global_batch: images per optimizer step over all ranks and micro-batches.
+        grad_accum: micro-batches per optimizer step (per-rank micro-batch = global_batch / (world * grad_accum)).
+        save_every: checkpoint period in steps (0 = only at the end and on signals).
+        keep_last: checkpoints kept (older ones are deleted after a successful write).
+        log_every: metrics.jsonl period in steps.
+        grad_clip: max global grad norm per optimizer (None/0 = no clipping, the norm is still logged).
+        skip_nonfinite: skip (and count) steps with a non-finite loss or grad norm instead of stopping.
+        seed: data-order and augmentation seed; torch/numpy/python RNGs are seeded with seed + rank.
+        num_workers: DataLoader workers per rank.
+        progress: show a tqdm bar on the main process.
+        tensorboard: also log scalars to TensorBoard when it is installed.
+    """
+
+    out_dir: Path
+    total_steps: int
+    global_batch: int
+    grad_accum: int = 1
+    save_every: int = 1000
+    keep_last: int = 3
+    log_every: int = 10
+    grad_clip: float | None = 1.0
+    skip_nonfinite: bool = False
+    seed: int = 0
+    num_workers: int = 0
+    progress: bool = True
+    tensorboard: bool = False
+
+
+@dataclass
+class StepOutput:
+    """What a step function returns for one micro-batch.
+
+    Attributes:
+        losses: optimizer name -> scalar loss to back-propagate (only those optimizers step this step).
+        logs: scalar values to log (tensors or floats); averaged over micro-batches and ranks.
+    """
+
+    losses: dict[str, torch.Tensor]
+    logs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of `Trainer.fit`: final step, whether a signal interrupted it (and which), last checkpoint."""
+
+    step: int
+    interrupted: bool = False
+    signal: int | None = None
+    checkpoint: Path | None = None
+    skipped_steps: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python `random`, numpy's global RNG and torch (CPU and CUDA) with `seed`."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """See the module docstring.
+
+    Args:
+        accelerator: an `accelerate.Accelerator` (see `vfmtok.engine.accel.make_accelerator`).
+        config: a `TrainerConfig`.
+        models: name -> module (trainable parameters have requires_grad=True; frozen ones are not checkpointed).
+        optimizers: name -> optimizer over that name's parameters (names match the step function's losses).
+        step_fn: the step function (module docstring).
+        dataset: map-style dataset indexed by the sampler's `(index, epoch, position)` items.
+        schedulers: name -> LR scheduler of the optimizer of the same name (stepped with it).
+        ema: model name -> EMA decay; the EMA of those models' trainable parameters is kept and checkpointed.
+        extra_state: name -> object with state_dict/load_state_dict to checkpoint (e.g. a codebook-usage window).
+        after_step: called as `after_step(trainer, record)` after each optimizer step on every rank, before the
+            record is logged; may add keys to `record` (e.g. codebook usage) or write files (main process).
+        find_unused_parameters: passed to DDP.
+    """
+
+    def __init__(
+        self,
+        accelerator: Any,
+        config: TrainerConfig,
+        models: dict[str, nn.Module],
+        optimizers: dict[str, Optimizer],
+        step_fn: Callable[["Trainer", Any], StepOutput],
+        dataset: Any,
+        schedulers: dict[str, Any] | None = None,
+        ema: dict[str, float] | None = None,
+        extra_state: dict[str, Stateful] | None = None,
+        after_step: Callable[["Trainer", dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.accelerator, self.config = accelerator, config
+        self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
+        micro_total = config.grad_accum * self.world_size
+        if config.global_batch % micro_total:
+            raise ValueError(
+                f"--batch-size {config.global_batch} must be divisible by processes x grad-accum = {micro_total}"
+            )
+        self.micro_batch = config.global_batch // micro_total
+        self.sampler = RankDisjointSampler(len(dataset), config.global_batch, self.rank, self.world_size, config.seed)
+        self.loader = make_loader(dataset, self.sampler, self.micro_batch, config.num_workers, config.seed)
+        names = list(models)
+        prepared = accelerator.prepare(*[models[n] for n in names], *[optimizers[n] for n in optimizers])
+        prepared = prepared if isinstance(prepared, (list, tuple)) else [prepared]
+        self.models: dict[str, nn.Module] = dict(zip(names, prepared[: len(names)]))
+        self.optimizers: dict[str, Optimizer] = dict(zip(optimizers, prepared[len(names) :]))
+        self.schedulers = dict(schedulers or {})
+        self.emas = {n: EMA(self.unwrap(n), decay) for n, decay in (ema or {}).items()}
+        self.extra_state = dict(extra_state or {})
+        self.step_fn, self.after_step = step_fn, after_step
+        self.step = 0  # optimizer steps completed (during a step: index of the step being computed)
+        self.skipped_steps = 0
+        self.out_dir = Path(config.out_dir)
+        self.checkpoints = self.out_dir / "checkpoints"
+        self.metrics = MetricsLogger(self.out_dir / "metrics.jsonl", accelerator.is_main_process, config.tensorboard)
+        self._stop_signal: int | None = None
+
+    # -- helpers ----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.steps_per_epoch
+
+    def unwrap(self, name: str) -> nn.Module:
+        """The bare module of model `name` (without DDP / compile wrappers)."""
+        return self.accelerator.unwrap_model(self.models[name])
+
+    def _barrier(self) -> None:
+        if self.world_size > 1:
+            self.accelerator.wait_for_everyone()
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _module_state(self, name: str) -> dict[str, torch.Tensor]:
+        module = self.unwrap(name)
+        frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
+        return {k: v.detach().cpu() for k, v in module.state_dict().items() if k not in frozen}
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "models": {n: self._module_state(n) for n in self.models},
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+            "ema": {n: e.state_dict() for n, e in self.emas.items()},
+            "extra": {n: o.state_dict() for n, o in self.extra_state.items()},
+            "counters": {"skipped_steps": self.skipped_steps},
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write the checkpoint of the current step (collective: every rank calls it)."""
+        epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+        meta = {
+            "step": self.step, "epoch": epoch, "step_in_epoch": in_epoch, "world_size": self.world_size,
+            "global_batch": self.config.global_batch, "num_samples": self.sampler.num_samples,
+            "seed": self.config.seed, "time": time.time(),
+        }
+        return write_checkpoint(
+            self.checkpoints, self.step, self._state if self.rank == 0 else None, capture_rng(), meta,
+            rank=self.rank, barrier=self._barrier, keep_last=self.config.keep_last,
+        )
+
+    def load_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Restore everything from `path` (default: the latest checkpoint of the run).
+
+        Raises:
+            FileNotFoundError: no checkpoint. ValueError: the checkpoint does not match this run (names what).
+        """
+        path = Path(path) if path is not None else latest_checkpoint(self.checkpoints)
+        if path is None:
+            raise FileNotFoundError(f"--resume: no checkpoint found under {self.checkpoints}")
+        state, rng, meta = read_checkpoint(path, self.rank)
+        for key, mine in (("global_batch", self.config.global_batch), ("num_samples", self.sampler.num_samples),
+                          ("seed", self.config.seed)):
+            if meta.get(key) != mine:
+                raise ValueError(f"{path}: checkpoint was written with {key}={meta.get(key)}, this run has {mine}; "
+                                 "resume with the same data, --batch-size and --seed")
+        for name in self.models:
+            module = self.unwrap(name)
+            frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
+            missing, unexpected = module.load_state_dict(state["models"][name], strict=False)
+            bad_missing = sorted(set(missing) - frozen)
+            if bad_missing or unexpected:
+                raise ValueError(f"{path}: model {name!r} state mismatch: missing {bad_missing[:5]}, "
+                                 f"unexpected {list(unexpected)[:5]}")
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        for name, sched in self.schedulers.items():
+            sched.load_state_dict(state["schedulers"][name])
+        for name, ema in self.emas.items():
+            ema.load_state_dict(state["ema"][name])
+        for name, obj in self.extra_state.items():
+            obj.load_state_dict(state["extra"][name])
+        self.skipped_steps = int(state["counters"]["skipped_steps"])
+        self.step = int(meta["step"])
+        if rng is not None and meta.get("world_size") == self.world_size:
+            restore_rng(rng)
+        else:
+            log.warning("%s: RNG state of rank %d not restored (world size %s -> %d); resumption is not bit-exact",
+                        path, self.rank, meta.get("world_size"), self.world_size)
+        return path
+
+    # -- signals ------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        self._stop_signal = signum
+        if self.accelerator.is_main_process:
+            log.warning("received %s: saving a checkpoint after this step, then stopping",
+                        signal.Signals(signum).name)
+
+    def _should_stop(self) -> int | None:
+        flag = torch.tensor([float(self._stop_signal or 0)], device=self.device)
+        if self.world_size > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum")
+        if flag.item() == 0:
+            return None
+        return self._stop_signal or int(signal.SIGTERM)
+
+    # -- one optimizer step -------------------------------------------------------------------
+    def _to_device(self, batch: Any) -> Any:
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self._to_device(b) for b in batch)
+        if isinstance(batch, dict):
+            return {k: self._to_device(v) for k, v in batch.items()}
+        return batch
+
+    def _train_step(self, micro_batches: list[Any]) -> dict[str, Any]:
+        accum = len(micro_batches)
+        sums: dict[str, float | torch.Tensor] = {}
+        stepped: list[str] = []
+        for i, batch in enumerate(micro_batches):
+            batch = self._to_device(batch)
+            with contextlib.ExitStack() as stack:
+                if i < accum - 1:
+                    for model in self.models.values():
+                        stack.enter_context(self.accelerator.no_sync(model))
+                with self.accelerator.autocast():
+                    out = self.step_fn(self, batch)
+                for name, loss in out.losses.items():
+                    if name not in self.optimizers:
+                        raise KeyError(f"step function returned a loss for unknown optimizer {name!r}")
+                    self.accelerator.backward(loss / accum)
+                    if name not in stepped:
+                        stepped.append(name)
+            for key, value in [*((f"loss_{n}", l) for n, l in out.losses.items()), *out.logs.items()]:
+                value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+                sums[key] = sums.get(key, 0.0) + value.to(self.device) / accum
+        keys = sorted(sums)
+        values = torch.stack([torch.as_tensor(sums[k], device=self.device).float().reshape(()) for k in keys]) if keys else None
+        if values is not None and self.world_size > 1:
+            values = self.accelerator.reduce(values, reduction="mean")
+        record: dict[str, Any] = dict(zip(keys, values.tolist())) if values is not None else {}
+        for name in stepped:
+            opt = self.optimizers[name]
+            record[f"lr_{name}"] = opt.param_groups[0]["lr"]
+            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            if self.config.grad_clip:
+                norm = self.accelerator.clip_grad_norm_(params, self.config.grad_clip)
+            else:
+                norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().float().norm() for p in params]))
+            record[f"grad_norm_{name}"] = float(norm)
+        bad = [k for k, v in record.items() if (k.startswith("loss_") or k.startswith("grad_norm_")) and not math.isfinite(v)]
+        if bad:
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            if not self.config.skip_nonfinite:
+                last = latest_checkpoint(self.checkpoints)
+                record["nonfinite"] = bad
+                self._log(record, self.step + 1)
+                raise NonFiniteLossError(
+                    f"non-finite {', '.join(f'{k}={record[k]}' for k in bad)} at step {self.step + 1}; no weight was "
+                    f"updated. Last good checkpoint: {last or 'none yet'}. Resume from it with --resume (perhaps with "
+                    "a lower --lr), or pass --skip-nonfinite to skip such steps."
+                )
+            self.skipped_steps += 1
+            record["skipped"] = 1
+            log.warning("step %d: non-finite %s, step skipped (%d so far)", self.step + 1, bad, self.skipped_steps)
+            return record
+        for name in stepped:
+            self.optimizers[name].step()
+            if name in self.schedulers:
+                self.schedulers[name].step()
+            self.optimizers[name].zero_grad(set_to_none=True)
+        for name, ema in self.emas.items():
+            ema.update(self.unwrap(name))
+        return record
+
+    def _log(self, record: dict[str, Any], step: int) -> None:
+        self.metrics.log({"step": step, **record})
+
+    # -- the loop ----------------------------------------------------------------------------
+    def fit(self, resume: bool | str | Path = False) -> TrainResult:
+        """Train until `total_steps` (or a signal).
+
+        Args:
+            resume: False (fresh run; seeds RNGs with seed + rank), True (latest checkpoint of the run) or a
+                checkpoint directory.
+
+        Returns:
+            A `TrainResult`.
+
+        Raises:
+            NonFiniteLossError: on a non-finite loss without `skip_nonfinite` (after logging it).
+        """
+        cfg = self.config
+        if resume:
+            path = self.load_checkpoint(None if resume is True else resume)
+            if self.accelerator.is_main_process:
+                log.info("resumed from %s (step %d)", path, self.step)
+        else:
+            seed_everything(cfg.seed + self.rank)
+        self.metrics.truncate_after(self.step)
+        for model in self.models.values():
+            model.train()
+        handlers = {}
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        except ValueError:  # not in the main thread: no signal handling
+            handlers = {}
+        ckpt: Path | None = None
+        saved_at = -1
+        pbar = tqdm(total=cfg.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
+                    disable=not (cfg.progress and self.accelerator.is_main_process))
+        window_start, window_steps = time.perf_counter(), 0
+        try:
+            while self.step < cfg.total_steps:
+                epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+                self.sampler.set_epoch(epoch, in_epoch)
+                batches = iter(self.loader)
+                for _ in range(in_epoch, self.steps_per_epoch):
+                    if self.step >= cfg.total_steps:
+                        break
+                    micro = [next(batches) for _ in range(cfg.grad_accum)]
+                    record = self._train_step(micro)
+                    record["epoch"] = epoch
+                    record["skipped_steps"] = self.skipped_steps
+                    if self.after_step is not None:
+                        self.after_step(self, record)
+                    self.step += 1
+                    window_steps += 1
+                    pbar.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
+                        elapsed = max(time.perf_counter() - window_start, 1e-9)
+                        record["sec_per_step"] = elapsed / window_steps
+                        record["images_per_s"] = window_steps * cfg.global_batch / elapsed
+                        self._log(record, self.step)
+                        pbar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.startswith("loss_")})
+                        window_start, window_steps = time.perf_counter(), 0
+                    if cfg.save_every and self.step % cfg.save_every == 0:
+                        ckpt, saved_at = self.save_checkpoint(), self.step
+                    stop = self._should_stop()
+                    if stop is not None:
+                        if saved_at != self.step:
+                            ckpt, saved_at = self.save_checkpoint(), self.step
+                        if self.accelerator.is_main_process:
+                            log.warning("stopped by %s at step %d; checkpoint %s", signal.Signals(stop).name,
+                                        self.step, ckpt)
+                        return TrainResult(self.step, True, stop, ckpt, self.skipped_steps)
+            last = latest_checkpoint(self.checkpoints)
+            if saved_at != self.step and (last is None or last.name != f"step_{self.step:08d}"):
+                ckpt = self.save_checkpoint()
+            return TrainResult(self.step, False, None, ckpt or latest_checkpoint(self.checkpoints), self.skipped_steps)
+        finally:
+            pbar.close()
+            self.metrics.close()
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
