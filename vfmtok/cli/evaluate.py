@@ -24,6 +24,11 @@ def command(
         "--allow-resize", help="Accept samples and reference of different resolutions (not comparable to papers).")] = False,
     is_shuffle_seed: Annotated[int, typer.Option(
         "--is-shuffle-seed", help="Seed of the permutation applied before the contiguous 5000-image IS splits.")] = 0,
+    no_is_shuffle: Annotated[bool, typer.Option(
+        "--no-is-shuffle", help="Keep the stored sample order for the IS splits (exactly what the TF evaluator does).")] = False,
+    fid_method: Annotated[str, typer.Option(
+        "--fid-method", help="Trace term of FID/sFID: sqrtm (ADM/TTUR numerics, default), eig (torch-fidelity), "
+                             "eigh (symmetric form; same value, much faster on CPU).")] = "sqrtm",
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the reference statistics cache.")] = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -42,6 +47,9 @@ def command(
     from vfmtok.metrics.reference import validate_image_npz
     from vfmtok.metrics.weights import InceptionWeightsError, InceptionWeightsNotFound
 
+    if fid_method not in ("sqrtm", "eig", "eigh"):
+        fail(f"--fid-method {fid_method!r}: expected sqrtm, eig or eigh")
+
     try:
         for role, path in (("samples", samples), ("reference", ref)):
             info = validate_image_npz(path, role)
@@ -50,8 +58,8 @@ def command(
             warnings.simplefilter("always")
             result = evaluate_samples(
                 samples, ref, inception_weights=inception_weights, batch_size=batch_size, device=device,
-                mixed_precision=mixed_precision.value, allow_resize=allow_resize, is_shuffle_seed=is_shuffle_seed,
-                use_cache=not no_cache, progress=True,
+                mixed_precision=mixed_precision.value, allow_resize=allow_resize, is_shuffle_seed=None if no_is_shuffle else is_shuffle_seed,
+                use_cache=not no_cache, progress=True, fid_method=fid_method,
             )
     except (EvaluationInputError, InceptionWeightsNotFound, InceptionWeightsError, ValueError) as err:
         fail(str(err))

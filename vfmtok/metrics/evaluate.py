@@ -10,10 +10,8 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import warnings
-from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 
 from vfmtok.metrics.fid import feature_statistics, frechet_distance

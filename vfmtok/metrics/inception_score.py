@@ -10,7 +10,8 @@ instead of ~ 280). We therefore permute the samples first with ``numpy.random.de
 ``shuffle_seed=None`` keeps the stored order (the TF evaluator's behaviour).
 
 Numerics: probabilities and their logs in float64 via ``log_softmax`` (ADM takes ``np.log`` of a float32
-softmax; identical up to round-off, but no ``log(0)`` when a probability underflows).
+softmax; identical up to round-off, but a probability that underflows to 0 contributes 0 (0 log 0 = 0)
+instead of NaN).
 """
 from __future__ import annotations
 
@@ -54,7 +55,9 @@ def inception_score(logits: np.ndarray, split_size: int = SPLIT_SIZE,
     scores = []
     for start in range(0, len(p), split_size):
         part, log_part = p[start : start + split_size], log_p[start : start + split_size]
-        log_marginal = np.log(part.mean(axis=0, keepdims=True))
-        kl = (part * (log_part - log_marginal)).sum(axis=1).mean()
+        with np.errstate(divide="ignore"):
+            log_marginal = np.log(part.mean(axis=0, keepdims=True))
+        terms = np.where(part > 0, part * (log_part - log_marginal), 0.0)  # 0 log 0 = 0
+        kl = terms.sum(axis=1).mean()
         scores.append(np.exp(kl))
     return float(np.mean(scores))

