@@ -134,6 +134,11 @@ def test_reader_random_augmentation_is_reproducible_per_seed_epoch_index(tmp_pat
     batched = ds.__getitems__([4, 0, 10])
     assert [c.tolist() for c, _ in batched] == [ds[i][0].tolist() for i in (4, 0, 10)]
     np.testing.assert_array_equal(ds[np.array([4, 0, 10])][0].numpy(), codes[[4, 0, 10], choice[[4, 0, 10]]])
+    # sampler items (index, epoch, position) carry their epoch: independent of set_epoch
+    other = ts.augmentation_choice(5, 7, np.arange(11), 3)
+    for i in range(11):
+        np.testing.assert_array_equal(ds[(i, 7, 0)][0].numpy(), codes[i, other[i]])
+        np.testing.assert_array_equal(ds[(i, 2, 5)][0].numpy(), codes[i, choice[i]])
 
 
 def test_reader_in_dataloader_workers_matches_direct_reads_and_pickles_small(tmp_path):

@@ -260,16 +260,21 @@ def tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
 # ---------------------------------------------------------------------------------------------
 # Distribution helpers (torchrun / accelerate launch set RANK, WORLD_SIZE, LOCAL_RANK)
 # ---------------------------------------------------------------------------------------------
-def _dist_context() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank); initialises a gloo process group under a launcher."""
+def _dist_context() -> tuple[int, int, int, bool]:
+    """(rank, world_size, local_rank, created); initialises a gloo process group under a launcher.
+
+    `created` is True when this call made the group (the caller destroys it at the end).
+    """
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    created = False
     if world > 1 and not (dist.is_available() and dist.is_initialized()):
         dist.init_process_group(backend="gloo")  # only barriers and small object broadcasts are needed
+        created = True
     if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-    return 0, 1, 0
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), created
+    return 0, 1, 0, False
 
 
 def _barrier(world: int) -> None:
@@ -417,7 +422,21 @@ def extract_tokens(
     if num_images < 1:
         raise ValueError("the source holds no images")
     out = Path(out)
-    rank, world, local_rank = _dist_context()
+    rank, world, local_rank, created = _dist_context()
+    try:
+        return _extract(source, out, tokenizer, opts, tokenizer_info, command, on_batch, rank, world, local_rank)
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _extract(source: ImageSource, out: Path, tokenizer: Any, opts: ExtractOptions, tokenizer_info: dict | None,
+             command: str | None, on_batch: Callable[[int], None] | None, rank: int, world: int,
+             local_rank: int) -> dict[str, Any] | None:
+    """Body of :func:`extract_tokens` once the process group is known."""
+    num_images = len(source)
     device = resolve_device(opts.device)
     if device.type == "cuda" and world > 1 and device.index is None:
         device = torch.device("cuda", local_rank)

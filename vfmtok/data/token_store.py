@@ -499,7 +499,9 @@ class TokenDataset(torch.utils.data.Dataset):
     `ds[i]` -> (codes (L,) int64 tensor, label numpy int64 scalar; DataLoader collates it to an int64
     tensor): image i's code sequence of ONE augmentation, chosen by :func:`augmentation_choice` from
     (seed, epoch, i), so an epoch is reproducible whatever the number of ranks, workers, batch size or
-    order. `ds[list_or_array]` -> (codes (B, L) int64, labels (B,) int64) in one vectorised read: use it
+    order. `ds[(i, epoch, position)]` (the items of `vfmtok.engine.sampler.RankDisjointSampler`) returns
+    the same as `ds[i]` after `set_epoch(epoch)`, without relying on :meth:`set_epoch` (safe with
+    persistent workers). `ds[list_or_array]` -> (codes (B, L) int64, labels (B,) int64) in one vectorised read: use it
     through `DataLoader(ds, sampler=BatchSampler(sampler, B, drop_last), batch_size=None)` for the
     fastest loading (no per-sample collation).
 
@@ -613,6 +615,17 @@ class TokenDataset(torch.utils.data.Dataset):
             if not 0 <= index < self._n:
                 raise IndexError(f"index {index} outside the token store's [0, {self._n})")
             return torch.from_numpy(self._codes[index, table[index]].astype(np.int64)), self._labels[index]
+        if isinstance(index, tuple):  # (index, epoch, position) item of vfmtok.engine.sampler.RankDisjointSampler
+            i, epoch = int(index[0]), int(index[1])
+            if not 0 <= i < self._n:
+                raise IndexError(f"index {i} outside the token store's [0, {self._n})")
+            if self.augmentation is not None:
+                aug = self.augmentation
+            elif epoch == self.epoch:
+                aug = int(table[i])
+            else:
+                aug = _splitmix64(_epoch_key(self.seed, epoch) ^ i) % self._a
+            return torch.from_numpy(self._codes[i, aug].astype(np.int64)), self._labels[i]
         idx = np.asarray(index, dtype=np.int64)
         if idx.ndim != 1:
             raise IndexError(f"TokenDataset index must be an int or a 1-D list of ints, got shape {idx.shape}")
