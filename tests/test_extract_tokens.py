@@ -170,6 +170,15 @@ def test_refuses_store_of_other_settings_unless_overwrite(tmp_path):
     assert manifest["num_augmentations"] == 2 and np.load(out / "codes.npy").shape == (7, 2, 16)
 
 
+def test_neighbours_2_needs_a_top2_capable_tokenizer(tmp_path):
+    class NearestOnly(FakeTokenizer):
+        encode_topk = None
+
+    with pytest.raises(ValueError, match="--neighbours 2 needs a tokenizer with encode_topk"):
+        extract_tokens(FakeSource(3), tmp_path / "s", NearestOnly(), options=ExtractOptions(neighbours=2))
+    assert not (tmp_path / "s").exists()
+
+
 def test_refuses_non_store_directory(tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "photo.jpg").write_bytes(b"x")
