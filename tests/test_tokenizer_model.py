@@ -175,6 +175,12 @@ def test_encoder_weights_files_in_timm_and_official_dinov2_layouts(tok, images, 
         loaded = create_tokenizer("tiny", encoder_weights=tmp_path / name, vfm_seed=123)
         for got, want in zip(loaded.vfm_features(images), reference):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    from safetensors.torch import save_file
+
+    save_file({k: v.half().contiguous() for k, v in timm_state.items()}, str(tmp_path / "timm_fp16.safetensors"))
+    half = create_tokenizer("tiny", encoder_weights=tmp_path / "timm_fp16.safetensors")
+    assert all(p.dtype == torch.float32 for p in half.vfm.parameters())
+    torch.testing.assert_close(half.vfm_features(images)[-1], reference[-1], atol=2e-2, rtol=0)
     broken = dict(official)
     broken.pop("blocks.1.attn.qkv.weight")
     torch.save(broken, tmp_path / "broken.pth")

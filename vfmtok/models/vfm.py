@@ -152,14 +152,26 @@ class FrozenVFM(nn.Module):
 
         kwargs = dict(img_size=image_size, num_classes=0, **(timm_kwargs or {}))
         pretrained = isinstance(weights, str) and weights == "pretrained"
+        from_file = not (isinstance(weights, str) and weights in ("pretrained", "random"))
+        if from_file and not Path(weights).is_file():
+            raise FileNotFoundError(f"encoder weights file not found: {weights}. " + missing_weights_message(name))
+        # with a weights file, skip the (slow, useless) random init: build on the meta device, then assign
+        skip_init = from_file and not torch.empty(0).is_meta
         try:
-            self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
+            if skip_init:
+                with torch.device("meta"):
+                    self.model = timm.create_model(name, pretrained=False, **kwargs)
+            else:
+                self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
         except Exception as err:  # hub / network errors come in many types
             if pretrained:
                 raise RuntimeError(missing_weights_message(name, f"{type(err).__name__}: {err}")) from err
             raise
-        if not isinstance(weights, str) or weights not in ("pretrained", "random"):
+        if from_file:
             self.load_weights(weights)
+            if skip_init and any(t.is_meta for t in (*self.model.parameters(), *self.model.buffers())):
+                self.model = timm.create_model(name, pretrained=False, **kwargs)  # has non-persistent state
+                self.load_weights(weights)
         depth = len(self.model.blocks)
         if not levels or any(not 0 <= i < depth for i in levels) or list(levels) != sorted(set(levels)):
             raise ValueError(f"VFM levels {list(levels)} must be increasing block indices in [0, {depth - 1}]")
@@ -229,7 +241,10 @@ class FrozenVFM(nn.Module):
                 details.append("shape mismatch " + ", ".join(f"{k}: file {tuple(state[k].shape)} vs model "
                                                             f"{tuple(own[k].shape)}" for k in wrong[:8]))
             raise ValueError(f"{source}: does not fit the frozen encoder {self._base_name()!r}: " + "; ".join(details))
-        self.model.load_state_dict(state, strict=True)
+        assign = any(t.is_meta for t in own.values())
+        if assign:  # assigned tensors keep their own dtype/layout: match the model's, as a copy-load would
+            state = {k: v.to(dtype=own[k].dtype).contiguous() for k, v in state.items()}
+        self.model.load_state_dict(state, strict=True, assign=assign)
 
     def _base_name(self) -> str:
         return getattr(self, "name", None) or type(self.model).__name__
