@@ -79,14 +79,39 @@ def test_synthetic_official_checkpoint_loads_strictly_and_broken_ones_name_the_k
         strict_load(_meta_vfmtok_l(), extra, source="broken.pt")
 
 
+def _dinov2_release_layout(timm_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm DINOv2-reg state dict -> the official release layout (cls position inside pos_embed, ...)."""
+    out = {k: v for k, v in timm_state.items() if k not in ("reg_token", "pos_embed", "cls_token")}
+    dim = timm_state["cls_token"].shape[-1]
+    out["pos_embed"] = torch.cat([torch.zeros(1, 1, dim), timm_state["pos_embed"]], dim=1)
+    out["cls_token"], out["register_tokens"] = timm_state["cls_token"], timm_state["reg_token"]
+    out["mask_token"] = torch.zeros(1, dim)
+    return out
+
+
+def test_load_tokenizer_official_file_with_and_without_backbone_keys(tmp_path):
+    tok = create_tokenizer("tiny", vfm_seed=5).eval()  # its encoder differs from the tiny preset's (seed 0)
+    ema = dict(tok.state_dict())
+    ema["slot_quantize.codebook_used"] = torch.zeros(65536)
+    images = torch.rand(1, 3, 112, 112) * 2 - 1
+    codes = tok.encode(images)
+    # stripped file (as released): the encoder comes from the config (tiny: seed-0 random init)
+    torch.save({"ema": ema, "model": ema, "steps": 5, "args": argparse.Namespace(image_size=112)}, tmp_path / "a.pt")
+    stripped = load_tokenizer(tmp_path / "a.pt", config="tiny")
+    reference = create_tokenizer("tiny").eval()
+    reference.load_state_dict({k: v for k, v in ema.items() if k != "slot_quantize.codebook_used"})
+    assert torch.equal(stripped.encode(images), reference.encode(images))
+    assert not torch.equal(reference.encode(images), codes)  # so the next check can tell the encoders apart
+    # full file: the frozen encoder's keys (official prefix and layout) are used as its weights
+    backbone = _dinov2_release_layout(tok.vfm.model.state_dict())
+    full = dict(ema, **{"encode_transformer.backbone.pretrained_encoder." + k: v for k, v in backbone.items()})
+    torch.save({"ema": full, "steps": 5}, tmp_path / "b.pt")
+    assert torch.equal(load_tokenizer(tmp_path / "b.pt", config="tiny").encode(images), codes)
+
+
 def test_load_tokenizer_refuses_a_broken_official_file_naming_the_key(tmp_path):
     tok = create_tokenizer("tiny")
     ema = dict(tok.state_dict())
-    ema["slot_quantize.codebook_used"] = torch.zeros(65536)
-    good = {"ema": ema, "model": ema, "steps": 5, "args": argparse.Namespace(image_size=112)}
-    torch.save(good, tmp_path / "good.pt")
-    images = torch.rand(1, 3, 112, 112) * 2 - 1
-    assert torch.equal(load_tokenizer(tmp_path / "good.pt", config="tiny").encode(images), tok.eval().encode(images))
     broken = dict(ema)
     broken.pop("decode_transformer.mask_embedding")
     torch.save({"ema": broken, "steps": 5}, tmp_path / "broken.pt")

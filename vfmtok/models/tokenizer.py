@@ -196,20 +196,20 @@ class VFMTokenizer(nn.Module):
     Args:
         config: a `TokenizerConfig`.
         encoder_weights: where the frozen encoder's weights come from: None = the config's default
-            (timm pretrained source when `vfm_pretrained`, else the seeded random init), "random", or a file
-            (timm state dict or the official `dinov2_vitl14_reg4_pretrain.pth` layout).
+            (timm pretrained source when `vfm_pretrained`, else the seeded random init), "random", a file
+            (timm state dict or the official `dinov2_vitl14_reg4_pretrain.pth` layout) or such a state dict.
 
     Raises:
         RuntimeError / FileNotFoundError / ValueError: encoder weights unavailable or not fitting (the message
             names the file and where to put it).
     """
 
-    def __init__(self, config: TokenizerConfig, encoder_weights: str | Path | None = None) -> None:
+    def __init__(self, config: TokenizerConfig, encoder_weights: str | Path | dict | None = None) -> None:
         super().__init__()
         self._config = config
         if encoder_weights is None:
             encoder_weights = "pretrained" if config.vfm_pretrained else "random"
-        self.encoder_source = str(encoder_weights)
+        self.encoder_source = "<state dict>" if isinstance(encoder_weights, dict) else str(encoder_weights)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.vfm_seed)
             vfm = FrozenVFM(config.vfm_name, config.image_size, config.vfm_levels, norm_last=True,
@@ -424,7 +424,7 @@ def save_tokenizer(tok: VFMTokenizer, directory: str | Path, extra: dict[str, An
     state = {k: v.detach().to("cpu").contiguous() for k, v in tok.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
     source = tok.encoder_source
-    if source not in ("pretrained", "random"):
+    if Path(source).is_file():
         source = str(Path(source).resolve())
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "tokenizer": config_to_dict(tok.config),
             "encoder_weights": source, **(extra or {})}
@@ -492,8 +492,7 @@ def load_tokenizer(path: str | Path, encoder_weights: str | Path | None = None,
     if encoder_weights is None and recorded not in (None, "pretrained", "random") and Path(recorded).is_file():
         encoder_weights = recorded
     if encoder_weights is None and backbone:
-        tok = VFMTokenizer(cfg, encoder_weights="random")
-        tok.vfm.load_state(backbone, source=f"{path} (backbone keys)")
+        tok = VFMTokenizer(cfg, encoder_weights=backbone)
         tok.encoder_source = f"{path}#backbone"
     else:
         try:

@@ -136,8 +136,9 @@ class FrozenVFM(nn.Module):
         image_size: side in pixels the input is resized to (336 in the paper -> 24 x 24 patches).
         levels: 0-based block indices whose outputs are returned (paper (5, 11, 17, 23)).
         norm_last: apply the final LayerNorm to the last level (paper: True).
-        weights: "pretrained" (timm's source / HF cache), "random" (random init, tests), or a file path
-            (timm state dict or the official DINOv2 release layout; converted with timm's checkpoint filter).
+        weights: "pretrained" (timm's source / HF cache), "random" (random init, tests), a file path or an
+            in-memory state dict (timm layout or the official DINOv2 release layout; converted with timm's
+            checkpoint filter).
         timm_kwargs: extra constructor keywords for timm (e.g. embed_dim/depth/num_heads of a tiny ViT).
 
     Raises:
@@ -146,17 +147,18 @@ class FrozenVFM(nn.Module):
     """
 
     def __init__(self, name: str, image_size: int, levels: Sequence[int], norm_last: bool = True,
-                 weights: str | Path = "random", timm_kwargs: dict[str, Any] | None = None) -> None:
+                 weights: str | Path | dict[str, torch.Tensor] = "random", timm_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
         import timm
 
         kwargs = dict(img_size=image_size, num_classes=0, **(timm_kwargs or {}))
         pretrained = isinstance(weights, str) and weights == "pretrained"
-        from_file = not (isinstance(weights, str) and weights in ("pretrained", "random"))
+        in_memory = isinstance(weights, dict)
+        from_file = not in_memory and not (isinstance(weights, str) and weights in ("pretrained", "random"))
         if from_file and not Path(weights).is_file():
             raise FileNotFoundError(f"encoder weights file not found: {weights}. " + missing_weights_message(name))
-        # with a weights file, skip the (slow, useless) random init: build on the meta device, then assign
-        skip_init = from_file and not torch.empty(0).is_meta
+        # with given weights, skip the (slow, useless) random init: build on the meta device, then assign
+        skip_init = (from_file or in_memory) and not torch.empty(0).is_meta
         try:
             if skip_init:
                 with torch.device("meta"):
@@ -167,11 +169,18 @@ class FrozenVFM(nn.Module):
             if pretrained:
                 raise RuntimeError(missing_weights_message(name, f"{type(err).__name__}: {err}")) from err
             raise
-        if from_file:
-            self.load_weights(weights)
+
+        def load() -> None:
+            if in_memory:
+                self.load_state(weights, source="<encoder state dict>")
+            else:
+                self.load_weights(weights)
+
+        if from_file or in_memory:
+            load()
             if skip_init and any(t.is_meta for t in (*self.model.parameters(), *self.model.buffers())):
                 self.model = timm.create_model(name, pretrained=False, **kwargs)  # has non-persistent state
-                self.load_weights(weights)
+                load()
         depth = len(self.model.blocks)
         if not levels or any(not 0 <= i < depth for i in levels) or list(levels) != sorted(set(levels)):
             raise ValueError(f"VFM levels {list(levels)} must be increasing block indices in [0, {depth - 1}]")
