@@ -1,16 +1,106 @@
-"""`vfmtok train-ar` (placeholder until issue #6 lands)."""
+"""`vfmtok train-ar --tokens STORE --out RUN`: thin CLI over :func:`vfmtok.engine.train_ar.train_ar`."""
 from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
-from vfmtok.cli.common import DeviceOpt, MixedPrecision, PrecisionOpt, SeedOpt, not_landed
+from vfmtok.cli.common import DeviceOpt, MixedPrecision, PrecisionOpt, SeedOpt, fail
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """`vfmtok train-ar` plus the options given on the command line (as parsed; reproducible)."""
+    words = ["vfmtok", "train-ar"]
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if getattr(source, "name", None) != "COMMANDLINE":  # typer may vendor its own click: compare by name
+            continue
+        value = ctx.params[param.name]
+        value = getattr(value, "value", value)
+        if isinstance(value, bool):
+            flag = param.opts[0] if value or not getattr(param, "secondary_opts", None) else param.secondary_opts[0]
+            words.append(flag)
+        else:
+            words += [param.opts[0], *map(str, value if isinstance(value, tuple) else (value,))]
+    return shlex.join(words)
 
 
 def command(
     ctx: typer.Context,
+    tokens: Annotated[Path, typer.Option("--tokens", help="Token store (vfmtok extract-tokens output).")],
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Run directory (default runs/ar-<UTC timestamp>; `vfmtok sample` picks the latest).")] = None,
+    model: Annotated[str, typer.Option(
+        "--model", help="GPT preset: GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-2B, GPT-3B, GPT-tiny.")] = "GPT-B",
+    steps: Annotated[Optional[int], typer.Option(
+        "--steps", help="Total optimizer steps of the run (a resumed run stops there).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(
+        "--epochs", help="Run length in epochs of the training split (default: the paper's 300 for B/L, "
+                         "200 for XL and larger).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch (sequences per step, all ranks).")] = 512,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Micro-batches per optimizer step.")] = 1,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate (constant, no warm-up).")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option(
+        "--weight-decay", help="AdamW weight decay on >= 2-D parameters (norms: none).")] = 0.05,
+    betas: Annotated[tuple[float, float], typer.Option("--betas", help="AdamW betas.")] = (0.9, 0.95),
+    grad_clip: Annotated[float, typer.Option("--grad-clip", help="Max global grad norm (0 = no clipping).")] = 1.0,
+    ema_decay: Annotated[float, typer.Option("--ema-decay", help="EMA decay (exported weights are the EMA).")] = 0.9999,
+    val_fraction: Annotated[float, typer.Option(
+        "--val-fraction", help="Fraction of images held out for the validation loss (fixed split).")] = 0.01,
+    val_count: Annotated[Optional[int], typer.Option(
+        "--val-count", help="Number of held-out images (overrides --val-fraction; 0 = no validation).")] = None,
+    val_every: Annotated[int, typer.Option(
+        "--val-every", help="Validation period in steps (multiple of --log-every; the last step always).")] = 1000,
+    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint period in steps (0 = end only).")] = 10000,
+    keep_last: Annotated[int, typer.Option("--keep-last", help="Checkpoints kept.")] = 3,
+    log_every: Annotated[int, typer.Option("--log-every", help="metrics.jsonl period in steps.")] = 10,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
+    num_workers: Annotated[int, typer.Option("--num-workers", help="Data loader workers per process.")] = 2,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the GPT (off by default).")] = False,
+    grad_checkpointing: Annotated[bool, typer.Option(
+        "--grad-checkpointing", help="Recompute transformer blocks in the backward pass (less memory).")] = False,
+    class_dropout: Annotated[float, typer.Option(
+        "--class-dropout", help="Probability of the null class during training (for CFG).")] = 0.1,
+    dropout: Annotated[Optional[float], typer.Option(
+        "--dropout", help="Token, residual and FFN dropout (default: the preset's 0.1).")] = None,
+    skip_nonfinite: Annotated[bool, typer.Option(
+        "--skip-nonfinite", help="Skip steps with a NaN/inf loss or grad norm instead of stopping.")] = False,
+    init_from: Annotated[Optional[Path], typer.Option(
+        "--init-from", help="Start from GPT weights (run dir, .safetensors, or the authors' GPT-*.pt).")] = None,
+    peak_tflops: Annotated[Optional[float], typer.Option(
+        "--peak-tflops", help="Device peak TFLOP/s per process for the MFU estimate (default: built-in GPU table).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar and log lines.")] = True,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    mixed_precision: PrecisionOpt = MixedPrecision.no,
+    mixed_precision: PrecisionOpt = MixedPrecision.bf16,
 ) -> None:
-    """Not implemented yet (issue #6)."""
-    not_landed("train-ar", 6)
+    """Train a class-conditional GPT on a token store (AdamW 0.9/0.95, constant lr, EMA; docs/train_ar.md).
+
+    Writes RUN/model.safetensors (EMA weights), RUN/config.json (model config + tokenizer and token-store
+    provenance), RUN/checkpoints/ and RUN/metrics.jsonl. Multi-GPU / multi-node: launch with torchrun or
+    accelerate launch.
+    """
+    from vfmtok.engine.train_ar import TokenStoreError, TrainARConfig, train_ar
+    from vfmtok.engine.trainer import NonFiniteLossError
+
+    cfg = TrainARConfig(
+        tokens=tokens, out=out, model=model, steps=steps, epochs=epochs, batch_size=batch_size,
+        grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, betas=tuple(betas), grad_clip=grad_clip,
+        ema_decay=ema_decay, val_fraction=val_fraction, val_count=val_count, val_every=val_every,
+        save_every=save_every, keep_last=keep_last, log_every=log_every, resume=resume, num_workers=num_workers,
+        compile=compile_, grad_checkpointing=grad_checkpointing, class_dropout=class_dropout, dropout=dropout,
+        skip_nonfinite=skip_nonfinite, seed=seed, device=device, mixed_precision=mixed_precision.value,
+        init_from=init_from, peak_tflops=peak_tflops, progress=progress,
+        command=_command_line(ctx),
+    )
+    try:
+        res = train_ar(cfg)
+    except (TokenStoreError, FileNotFoundError, KeyError, ValueError, NonFiniteLossError) as err:
+        fail(str(err).strip("'\""))
+    if res.result.interrupted:
+        typer.echo(f"interrupted at step {res.result.step}; EMA weights of that step in {res.out}; continue with "
+                   "--resume", err=True)
+        raise typer.Exit(128 + (res.result.signal or 15))
+    typer.echo(f"{res.out}: {res.result.step} steps; EMA weights in {res.out / 'model.safetensors'}")

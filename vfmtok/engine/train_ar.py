@@ -1,0 +1,585 @@
+"""Training of the class-conditional GPT on a token store (`vfmtok train-ar`), on the generic engine Trainer.
+
+Recipe (VFMTok paper section 4.1; official `train_c2i.py`, shared/reference/vfmtok.md section 3.2): AdamW (fused on
+CUDA) with betas (0.9, 0.95), constant lr 1e-4 (no warm-up), weight decay 0.05 on >= 2-D parameters only, gradient
+clipping at global norm 1.0, bf16 autocast on CUDA, EMA 0.9999 of the GPT (the exported weights are the EMA),
+global batch 512. Deviation: the official code tokenizes raw images on the fly; here the codes come from a token
+store (one augmentation per image and epoch, `vfmtok.data.token_store.augmentation_choice`).
+
+Data order, resumption, signals, non-finite checks, DDP and checkpoints come from `vfmtok.engine.trainer.Trainer`.
+This module adds: store checks before any step, a fixed held-out validation split, validation losses of the live
+and EMA weights, tokens/s and an MFU estimate, run provenance (`RUN/config.json`) and the EMA export.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as _dt
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vfmtok.data import token_store as ts
+from vfmtok.engine.accel import make_accelerator
+from vfmtok.engine.trainer import StepOutput, Trainer, TrainerConfig, TrainResult
+from vfmtok.models.gpt import GPT, TransformerBlock, create_gpt, load_gpt, save_gpt
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "train_settings.json"  # written at the start of a run, checked on --resume
+VAL_SPLIT_SEED = 20250711  # the held-out split depends only on N and the val count, never on --seed
+TIME_DEPENDENT_KEYS = ("images_per_s", "sec_per_step", "time", "tokens_per_s", "mfu", "val_sec")
+# Epochs of the paper's runs (reference/vfmtok.md 3.2): 300 for B and L, 200 for the larger models.
+PAPER_EPOCHS = {"GPT-B": 300, "GPT-L": 300, "GPT-XL": 200, "GPT-XXL": 200, "GPT-2B": 200, "GPT-3B": 200}
+
+# Dense (no sparsity) bf16 tensor-core peaks in FLOP/s per GPU, from the vendors' datasheets. Matched in order
+# against `torch.cuda.get_device_name()`; the first matching substring wins.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989.4e12),
+    ("H100 PCIe", 756.0e12),
+    ("H100", 989.4e12),
+    ("GH200", 989.4e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362.05e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("RTX 4090", 165.2e12),
+    ("RTX 3090", 71e12),
+    ("V100", 125e12),  # fp16 tensor cores (no bf16)
+)
+
+
+class TokenStoreError(ValueError):
+    """The token store cannot train this model (empty, incomplete, labels/codes out of range, size mismatch)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TrainARConfig:
+    """Settings of a `train-ar` run (defaults = the paper's recipe).
+
+    Attributes:
+        tokens: token store directory (`vfmtok extract-tokens` output).
+        out: run directory; None -> `runs/ar-<UTC timestamp>`.
+        model: GPT preset name (`vfmtok.configs.GPT_PRESETS`).
+        steps / epochs: length of the whole run in optimizer steps, or in epochs over the training split
+            (at most one; neither -> the paper's epochs for the preset, 300 for GPT-tiny).
+        batch_size: global batch (sequences per optimizer step over all ranks and micro-batches).
+        grad_accum: micro-batches per optimizer step.
+        lr, weight_decay, betas, grad_clip, ema_decay: optimiser recipe (weight decay on >= 2-D params only).
+        val_fraction / val_count: size of the held-out split (val_count wins when given); 0 disables validation.
+        val_every: validation period in steps (multiple of log_every; the last step is always validated).
+        val_batch_size: per-rank batch of the validation pass (None -> the per-rank micro-batch).
+        val_ema: also report the validation loss of the EMA weights (`val_loss_ema`).
+        save_every, keep_last, log_every: checkpoint / logging periods (steps) and checkpoints kept.
+        resume: continue from the latest checkpoint in `out`.
+        num_workers: DataLoader workers per rank.
+        compile: `nn.Module.compile()` the GPT (state-dict keys unchanged).
+        grad_checkpointing: recompute each transformer block in the backward pass.
+        class_dropout: probability of the null class in training (CFG); dropout: token/residual/FFN dropout
+            (None keeps the preset's 0.1).
+        skip_nonfinite: skip steps with a non-finite loss/grad norm instead of stopping.
+        seed, device, mixed_precision: as everywhere (bf16/fp16 autocast on CUDA only).
+        init_from: optional GPT weights to start from (run dir, .safetensors or the authors' GPT-*.pt).
+        peak_tflops: device peak (TFLOP/s per process) for the MFU estimate; None -> `PEAK_BF16_FLOPS` on CUDA,
+            no MFU on CPU.
+        progress: tqdm bar and printed log lines on the main process.
+        command: the command line recorded in config.json (None -> sys.argv).
+    """
+
+    tokens: str | os.PathLike
+    out: str | os.PathLike | None = None
+    model: str = "GPT-B"
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 512
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    val_fraction: float = 0.01
+    val_count: int | None = None
+    val_every: int = 1000
+    val_batch_size: int | None = None
+    val_ema: bool = True
+    save_every: int = 10000
+    keep_last: int = 3
+    log_every: int = 10
+    resume: bool = False
+    num_workers: int = 2
+    compile: bool = False
+    grad_checkpointing: bool = False
+    class_dropout: float = 0.1
+    dropout: float | None = None
+    skip_nonfinite: bool = False
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: str = "bf16"
+    init_from: str | os.PathLike | None = None
+    peak_tflops: float | None = None
+    progress: bool = True
+    command: str | None = None
+
+    def validate(self) -> None:
+        """Raises ValueError naming the first bad option."""
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give --steps or --epochs, not both")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps {self.steps}: expected >= 1")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"--epochs {self.epochs}: expected > 0")
+        for name in ("batch_size", "grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction {self.val_fraction}: expected in [0, 1)")
+        if self.val_count is not None and self.val_count < 0:
+            raise ValueError(f"--val-count {self.val_count}: expected >= 0")
+        if self.val_every < 1 or self.val_every % self.log_every:
+            raise ValueError(f"--val-every {self.val_every} must be a positive multiple of --log-every {self.log_every}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(f"--lr {self.lr} must be > 0, --weight-decay {self.weight_decay} and --grad-clip "
+                             f"{self.grad_clip} >= 0")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"--betas {self.betas}: expected two values in [0, 1)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The store: checks, split, dataset
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class StoreInfo:
+    """What a (checked) token store holds: N images of A views of L = grid**2 codes in [0, vocab_size)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    num_images: int
+    num_augmentations: int
+    num_tokens: int
+    grid_size: int
+    vocab_size: int
+    num_classes: int
+
+
+def check_token_store(path: str | os.PathLike, chunk_rows: int = 1 << 14) -> StoreInfo:
+    """Open a token store and check everything a GPT run relies on, before any training step.
+
+    Reads the manifest, then every label and every code once (in chunks of `chunk_rows` images).
+
+    Args:
+        path: store directory.
+        chunk_rows: images per chunk of the code range check.
+
+    Returns:
+        A `StoreInfo`.
+
+    Raises:
+        FileNotFoundError: no store at `path`.
+        TokenStoreError: empty or incomplete store, non-square token count, missing num_classes, a label outside
+            [0, num_classes) or a code outside [0, codebook_size) (each names the file, index and value).
+    """
+    path = Path(path)
+    manifest = ts.read_manifest(path)
+    if int(manifest.get("num_images", 0)) < 1:
+        raise TokenStoreError(f"{path}: the token store is empty (num_images = {manifest.get('num_images')}); "
+                              "nothing to train on")
+    if not manifest.get("complete"):
+        raise TokenStoreError(f"{path}: the token store is incomplete; rerun the same `vfmtok extract-tokens` "
+                              "command to finish it")
+    layout = ts.StoreLayout.from_manifest(manifest)
+    grid = int(manifest.get("grid_size") or 0)
+    if grid * grid != layout.num_tokens:
+        raise TokenStoreError(f"{path}/manifest.json: num_tokens {layout.num_tokens} is not a square token grid "
+                              f"(grid_size {manifest.get('grid_size')}); the GPT needs grid_size**2 tokens")
+    if "num_classes" not in manifest or int(manifest["num_classes"]) < 1:
+        raise TokenStoreError(f"{path}/manifest.json: num_classes missing or < 1")
+    num_classes = int(manifest["num_classes"])
+    labels = np.load(path / ts.LABELS_FILE, mmap_mode="r")
+    codes = np.load(path / ts.CODES_FILE, mmap_mode="r")
+    expect = (layout.num_images, layout.num_augmentations, layout.num_tokens)
+    if labels.shape != (layout.num_images,) or codes.shape != expect:
+        raise TokenStoreError(f"{path}: codes.npy {codes.shape} / labels.npy {labels.shape} do not match the "
+                              f"manifest {expect} / ({layout.num_images},)")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise TokenStoreError(f"{path}/{ts.LABELS_FILE}: label {int(labels[bad[0]])} of image {int(bad[0])} is "
+                              f"outside [0, num_classes = {num_classes}) ({bad.size} such labels)")
+    for start in range(0, layout.num_images, chunk_rows):
+        block = np.asarray(codes[start : start + chunk_rows])
+        if int(block.max()) >= layout.codebook_size:
+            row = start + int(np.flatnonzero(block.reshape(len(block), -1).max(axis=1) >= layout.codebook_size)[0])
+            raise TokenStoreError(f"{path}/{ts.CODES_FILE}: image {row} holds code {int(codes[row].max())}, outside "
+                                  f"[0, codebook_size = {layout.codebook_size})")
+    return StoreInfo(path.resolve(), manifest, ts.sha256_file(path / ts.MANIFEST_FILE), layout.num_images,
+                     layout.num_augmentations, layout.num_tokens, grid, layout.codebook_size, num_classes)
+
+
+def check_model_matches_store(config: Any, info: StoreInfo, what: str) -> None:
+    """Refuse a GPT config whose vocabulary, token count or class count differs from the store's.
+
+    Raises:
+        TokenStoreError: names each differing size, the model source `what` and the store.
+    """
+    diffs = [f"{name}: model {mine}, store {theirs}" for name, mine, theirs in (
+        ("codebook size (vocab_size)", config.vocab_size, info.vocab_size),
+        ("tokens per image (grid_size**2)", config.grid_size**2, info.num_tokens),
+        ("num_classes", config.num_classes, info.num_classes)) if mine != theirs]
+    if diffs:
+        raise TokenStoreError(f"{what} does not match the token store {info.path}: " + "; ".join(diffs))
+
+
+def split_indices(num_images: int, val_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed held-out split: `val_count` images chosen by a permutation seeded with `VAL_SPLIT_SEED`.
+
+    Returns:
+        (train, val): sorted int64 index arrays, disjoint, covering [0, num_images).
+    """
+    perm = np.random.default_rng(VAL_SPLIT_SEED).permutation(num_images)
+    return np.sort(perm[val_count:]).astype(np.int64), np.sort(perm[:val_count]).astype(np.int64)
+
+
+class ARTokens(Dataset):
+    """Training items over a subset of a token store, indexed by the engine sampler's `(i, epoch, position)`.
+
+    Item i of the subset is store image `indices[i]`; its view in epoch e is
+    `augmentation_choice(seed, e, indices[i], A)` (the same view `TokenDataset.set_epoch(e)` returns).
+    Returns `(codes (L,) int64 in [0, K), label () int64, store index () int64)`; `__getitems__` reads a batch in
+    one vectorised memory-map access. Pickles as paths and arrays (worker-safe).
+
+    Args:
+        path: store directory. indices: (n,) int64 store rows. seed: augmentation seed. num_augmentations: A.
+    """
+
+    def __init__(self, path: str | os.PathLike, indices: np.ndarray, seed: int, num_augmentations: int) -> None:
+        self.path, self.indices = Path(path), np.asarray(indices, dtype=np.int64)
+        self.seed, self.num_augmentations = int(seed), int(num_augmentations)
+        self._codes: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_codes": None, "_labels": None}
+
+    def _read(self, items: list[tuple[int, int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._codes is None:
+            self._codes = np.load(self.path / ts.CODES_FILE, mmap_mode="r").view(np.ndarray)
+            self._labels = np.load(self.path / ts.LABELS_FILE, mmap_mode="r").view(np.ndarray)
+        sub = np.array([it[0] for it in items], dtype=np.int64)
+        epochs = np.array([it[1] for it in items], dtype=np.int64)
+        rows = self.indices[sub]
+        views = np.empty(len(rows), dtype=np.int64)
+        for e in np.unique(epochs):
+            mask = epochs == e
+            views[mask] = ts.augmentation_choice(self.seed, int(e), rows[mask], self.num_augmentations)
+        codes = torch.from_numpy(self._codes[rows, views].astype(np.int64))
+        labels = torch.from_numpy(self._labels[rows].astype(np.int64))
+        return codes, labels, torch.from_numpy(rows)
+
+    def __getitem__(self, item: tuple[int, int, int] | int):
+        item = (item, 0, item) if isinstance(item, (int, np.integer)) else item
+        codes, labels, rows = self._read([item])
+        return codes[0], labels[0], rows[0]
+
+    def __getitems__(self, items: list[tuple[int, int, int]]) -> list[tuple[torch.Tensor, ...]]:
+        codes, labels, rows = self._read(list(items))
+        return list(zip(codes.unbind(0), labels.unbind(0), rows.unbind(0)))
+
+
+def load_val_set(info: StoreInfo, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation sequences: view 0 of each held-out image. Returns (codes (n, L) int64, labels (n,) int64)."""
+    codes = np.load(info.path / ts.CODES_FILE, mmap_mode="r")
+    labels = np.load(info.path / ts.LABELS_FILE, mmap_mode="r")
+    return torch.from_numpy(codes[indices, 0].astype(np.int64)), torch.from_numpy(labels[indices].astype(np.int64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Throughput, FSDP
+# ---------------------------------------------------------------------------------------------
+def device_peak_flops(device: torch.device, override_tflops: float | None = None) -> float | None:
+    """Peak FLOP/s of one process's device for the MFU estimate.
+
+    Args:
+        device: the training device. override_tflops: user value in TFLOP/s (wins when given).
+
+    Returns:
+        FLOP/s, or None on CPU / unknown GPUs without an override (MFU is then not reported).
+    """
+    if override_tflops:
+        return float(override_tflops) * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS if key in name), None)
+
+
+def fsdp_auto_wrap_policy() -> Callable[..., bool]:
+    """FSDP auto-wrap policy of the GPT: one FSDP unit per `TransformerBlock` (embeddings/head in the root unit).
+
+    Same policy as the accelerate config in docs/train_ar.md (`TRANSFORMER_BASED_WRAP`, `TransformerBlock`).
+    """
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    return functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={TransformerBlock})
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+def _json(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _default_out() -> Path:
+    return Path("runs") / f"ar-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+
+
+def _broadcast(accelerator: Any, value: Any) -> Any:
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
+
+
+def _provenance(info: StoreInfo) -> dict[str, Any]:
+    tok = info.manifest.get("tokenizer") or {}
+    path = tok.get("path")
+    return {
+        "tokenizer": str(Path(path).resolve()) if path else None,
+        "tokenizer_sha256": tok.get("file_sha256"),
+        "tokenizer_weights_fingerprint": tok.get("weights_sha256"),
+        "token_store": str(info.path),
+        "token_store_manifest_sha256": info.manifest_sha256,
+    }
+
+
+class _Validator:
+    """Validation loss (mean token cross-entropy, nats) of the live and EMA weights, sharded over ranks."""
+
+    def __init__(self, codes: torch.Tensor, labels: torch.Tensor, batch: int, with_ema: bool) -> None:
+        self.codes, self.labels, self.batch, self.with_ema = codes, labels, batch, with_ema
+        self._ema_model: GPT | None = None
+
+    @torch.no_grad()
+    def _loss(self, tr: Trainer, model: GPT) -> float:
+        was_training = model.training
+        model.eval()
+        mine = torch.arange(tr.rank, len(self.codes), tr.world_size)
+        total = torch.zeros(2, dtype=torch.float64, device=tr.device)
+        for lo in range(0, len(mine), self.batch):
+            idx = mine[lo : lo + self.batch]
+            codes, labels = self.codes[idx].to(tr.device), self.labels[idx].to(tr.device)
+            with tr.accelerator.autocast():
+                _, loss = model(codes[:, :-1], labels, targets=codes)
+            total += torch.stack([loss.double() * len(idx), torch.tensor(float(len(idx)), device=tr.device).double()])
+        if tr.world_size > 1:
+            total = tr.accelerator.reduce(total, reduction="sum")
+        model.train(was_training)
+        return float(total[0] / total[1])
+
+    def __call__(self, tr: Trainer) -> dict[str, float]:
+        out = {"val_loss": self._loss(tr, tr.unwrap("gpt"))}
+        if self.with_ema:
+            if self._ema_model is None:
+                self._ema_model = copy.deepcopy(tr.unwrap("gpt")).requires_grad_(False)
+            tr.emas["gpt"].copy_to(self._ema_model)
+            out["val_loss_ema"] = self._loss(tr, self._ema_model)
+        return out
+
+
+@dataclass
+class TrainARResult:
+    """Outcome of `train_ar`: the run directory, the engine's `TrainResult`, the final metrics record."""
+
+    out: Path
+    result: TrainResult
+    last_record: dict[str, Any] = field(default_factory=dict)
+
+
+def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], None] | None = None) -> TrainARResult:
+    """Train a GPT on a token store; every rank calls it (one process, or DDP under torchrun / accelerate).
+
+    Writes `out/checkpoints/`, `out/metrics.jsonl` (keys: step, epoch, loss_gpt, lr_gpt, grad_norm_gpt,
+    tokens_per_s, mfu, val_loss, val_loss_ema, ...), `out/train_settings.json` and, at the end (also after a
+    SIGTERM/SIGINT stop), `out/model.safetensors` (EMA weights) + `out/config.json` (save_gpt's config plus
+    tokenizer/token_store provenance, `train` settings and `command`).
+
+    Args:
+        cfg: the settings. observer: test hook called as `observer(rank, step, store_indices (B,) int64)` for
+            every micro-batch.
+
+    Returns:
+        A `TrainARResult` (on every rank).
+
+    Raises:
+        ValueError: bad options. FileNotFoundError: no store / no checkpoint to resume.
+        TokenStoreError: bad store or model/store size mismatch (all before the first step).
+        vfmtok.engine.trainer.NonFiniteLossError: a non-finite loss without skip_nonfinite.
+    """
+    cfg.validate()
+    info = check_token_store(cfg.tokens)
+    accelerator = make_accelerator(cfg.device, cfg.mixed_precision)
+    out = Path(_broadcast(accelerator, str(cfg.out if cfg.out is not None else _default_out()))).resolve()
+    world = accelerator.num_processes
+
+    val_count = cfg.val_count if cfg.val_count is not None else int(round(cfg.val_fraction * info.num_images))
+    if val_count >= info.num_images:
+        raise TokenStoreError(f"--val-count {val_count} leaves no training images in {info.path} "
+                              f"({info.num_images} images)")
+    train_idx, val_idx = split_indices(info.num_images, val_count)
+    if len(train_idx) < cfg.batch_size:
+        raise TokenStoreError(f"{info.path}: {len(train_idx)} training images (after holding out {val_count}) are "
+                              f"fewer than one global batch of {cfg.batch_size}; use a smaller --batch-size")
+    steps_per_epoch = len(train_idx) // cfg.batch_size
+    epochs = cfg.epochs if cfg.epochs is not None else (None if cfg.steps else PAPER_EPOCHS.get(cfg.model, 300))
+    total_steps = cfg.steps if cfg.steps is not None else max(1, int(round(epochs * steps_per_epoch)))
+
+    # -- model ------------------------------------------------------------------------------------
+    overrides: dict[str, Any] = {"class_dropout": cfg.class_dropout}
+    if cfg.dropout is not None:
+        overrides.update(token_dropout=cfg.dropout, resid_dropout=cfg.dropout, ffn_dropout=cfg.dropout)
+    torch.manual_seed(cfg.seed)  # initialisation depends on --seed only (same on every rank)
+    if cfg.init_from is not None:
+        model = load_gpt(cfg.init_from, **overrides)
+        check_model_matches_store(model.config, info, f"--init-from {cfg.init_from}")
+    else:
+        model = create_gpt(cfg.model, vocab_size=info.vocab_size, num_classes=info.num_classes,
+                           grid_size=info.grid_size, **overrides)
+    check_model_matches_store(model.config, info, f"model {cfg.model}")
+    model.activation_checkpointing = cfg.grad_checkpointing
+    gpt_config = dataclasses.asdict(model.config)
+
+    train_settings = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in dataclasses.asdict(cfg).items()
+                      if k not in ("command", "progress", "resume")}
+    train_settings.update(out=str(out), total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                          val_count=val_count, train_count=len(train_idx), world_size=world,
+                          micro_batch=cfg.batch_size // max(1, world * cfg.grad_accum),
+                          tokens_per_step=cfg.batch_size * info.num_tokens,
+                          mixed_precision=getattr(cfg.mixed_precision, "value", cfg.mixed_precision),
+                          effective_precision=str(accelerator.mixed_precision),
+                          device_type=accelerator.device.type,
+                          flops_per_token=model.flops_per_token(training=True),
+                          num_params=model.num_params())
+    settings = _json({"gpt_config": gpt_config, **_provenance(info), "train": train_settings})
+    settings_file = out / SETTINGS_FILE
+    if cfg.resume:
+        if not settings_file.is_file():
+            raise FileNotFoundError(f"--resume: {settings_file} not found; {out} is not a train-ar run")
+        old = json.loads(settings_file.read_text())
+        for key in ("gpt_config", "token_store_manifest_sha256"):
+            if old.get(key) != settings[key]:
+                raise TokenStoreError(f"--resume: {out} was trained with another {key} ({old.get(key)!r}); this "
+                                      f"invocation has {settings[key]!r}")
+        if old["train"].get("val_count") != val_count:
+            raise ValueError(f"--resume: the run held out {old['train'].get('val_count')} validation images, this "
+                             f"invocation {val_count}; use the same --val-count/--val-fraction")
+
+    # -- optimiser, data, trainer -----------------------------------------------------------------------
+    fused = accelerator.device.type == "cuda"
+    optimizer = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+                                  fused=fused or None)
+    if cfg.compile:
+        model.compile()
+    dataset = ARTokens(info.path, train_idx, cfg.seed, info.num_augmentations)
+    tcfg = TrainerConfig(out_dir=out, total_steps=total_steps, global_batch=cfg.batch_size,
+                         grad_accum=cfg.grad_accum, save_every=cfg.save_every, keep_last=cfg.keep_last,
+                         log_every=cfg.log_every, grad_clip=cfg.grad_clip or None,
+                         skip_nonfinite=cfg.skip_nonfinite, seed=cfg.seed, num_workers=cfg.num_workers,
+                         progress=cfg.progress)
+
+    def step_fn(tr: Trainer, batch: tuple[torch.Tensor, ...]) -> StepOutput:
+        codes, labels, rows = batch
+        if observer is not None:
+            observer(tr.rank, tr.step, rows.cpu())
+        _, loss = tr.models["gpt"](codes[:, :-1], labels, targets=codes)
+        return StepOutput({"gpt": loss})
+
+    val_codes, val_labels = load_val_set(info, val_idx)
+    micro = cfg.batch_size // (world * cfg.grad_accum) if cfg.batch_size % (world * cfg.grad_accum) == 0 else 1
+    validator = _Validator(val_codes, val_labels, cfg.val_batch_size or micro, cfg.val_ema) if val_count else None
+    flops_per_token = model.flops_per_token(training=True)
+    peak = device_peak_flops(accelerator.device, cfg.peak_tflops)
+    clock = {"t": time.perf_counter(), "steps": 0}
+    last: dict[str, Any] = {}
+
+    def after_step(tr: Trainer, record: dict[str, Any]) -> None:
+        step = tr.step + 1
+        clock["steps"] += 1
+        if step % cfg.log_every and step != total_steps:
+            return
+        elapsed = max(time.perf_counter() - clock["t"], 1e-9)
+        tokens_per_s = clock["steps"] * cfg.batch_size * info.num_tokens / elapsed
+        record["tokens_per_s"] = tokens_per_s
+        record["mfu"] = tokens_per_s * flops_per_token / (peak * tr.world_size) if peak else None
+        if validator is not None and (step % cfg.val_every == 0 or step == total_steps):
+            t0 = time.perf_counter()
+            record.update(validator(tr))
+            record["val_sec"] = time.perf_counter() - t0
+        if cfg.progress and tr.accelerator.is_main_process:
+            from tqdm.auto import tqdm
+
+            shown = {k: record[k] for k in ("loss_gpt", "val_loss", "val_loss_ema", "grad_norm_gpt", "lr_gpt",
+                                            "tokens_per_s", "mfu") if record.get(k) is not None}
+            tqdm.write(f"step {step}/{total_steps} " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+        last.clear()
+        last.update(record, step=step)
+        clock.update(t=time.perf_counter(), steps=0)
+
+    trainer = Trainer(accelerator, tcfg, {"gpt": model}, {"gpt": optimizer}, step_fn, dataset,
+                      ema={"gpt": cfg.ema_decay}, after_step=after_step)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:
+            settings_file.write_text(json.dumps(settings, indent=2) + "\n")
+        log.info("train-ar: %s, %d params, %d steps (%d per epoch), out %s", cfg.model,
+                 model.num_params(), total_steps, steps_per_epoch, out)
+    accelerator.wait_for_everyone()
+    result = trainer.fit(resume=cfg.resume)
+
+    if accelerator.is_main_process:
+        export_ema(trainer, out, settings, cfg.command, result)
+    accelerator.wait_for_everyone()
+    return TrainARResult(out, result, dict(last))
+
+
+def export_ema(trainer: Trainer, out: Path, settings: dict[str, Any], command: str | None,
+               result: TrainResult) -> Path:
+    """Write `out/model.safetensors` (EMA weights, fp32) and `out/config.json` (save_gpt's keys + provenance).
+
+    config.json keys: format, format_version, gpt_config (from `save_gpt`), tokenizer, tokenizer_sha256,
+    tokenizer_weights_fingerprint, token_store, token_store_manifest_sha256, train (settings), command,
+    step, interrupted, weights ("ema"), created.
+    """
+    model = copy.deepcopy(trainer.unwrap("gpt")).cpu().eval()
+    trainer.emas["gpt"].copy_to(model)
+    path = save_gpt(model, out)
+    doc = json.loads((out / "config.json").read_text())
+    doc.update({k: v for k, v in settings.items() if k != "gpt_config"})
+    doc.update(command=command if command is not None else " ".join(sys.argv), step=result.step,
+               interrupted=result.interrupted, weights="ema",
+               created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    tmp = out / ".config.json.tmp"
+    tmp.write_text(json.dumps(_json(doc), indent=2) + "\n")
+    os.replace(tmp, out / "config.json")
+    return path
+
