@@ -326,3 +326,4 @@ def test_cli_extracts_prepared_data_same_codes_as_folder(tmp_path, tiny_run, ima
     assert ts.read_manifest(tmp_path / "a")["source"]["kind"] == "prepared-data"
     dataset = ts.TokenDataset(tmp_path / "a")
     assert (dataset.num_classes, dataset.vocab_size, dataset.grid_size, len(dataset)) == (2, 1024, 8, 5)
+    assert dataset.classes == ["n01440764", "n01443537"]

@@ -188,3 +188,12 @@ def test_store_differences_names_nested_keys():
     want = {"aug": "flip", "tokenizer_config": {"codebook_size": 12, "dim": 4}}
     assert ts.store_differences(existing, want) == ["tokenizer_config.codebook_size: store has 10, requested 12"]
     assert ts.store_differences(existing, existing["settings"]) == []
+
+
+def test_reader_refuses_arrays_that_disagree_with_the_manifest(tmp_path):
+    make_store(tmp_path, n=5)
+    np.save(tmp_path / "codes.npy", np.zeros((5, 3, 7), dtype=np.uint16))  # L = 7, manifest says 6
+    with pytest.raises(ValueError, match="do not match the manifest"):
+        ts.TokenDataset(tmp_path)[0]
+    with pytest.raises(ValueError, match="manifest says"):
+        ts.validate_store(tmp_path)

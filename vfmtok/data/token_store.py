@@ -551,6 +551,11 @@ class TokenDataset(torch.utils.data.Dataset):
         return int(self.manifest["num_classes"])
 
     @property
+    def classes(self) -> list[str]:
+        """Class names (WordNet ids for ImageNet); label i names classes[i]."""
+        return list(self.manifest["classes"])
+
+    @property
     def vocab_size(self) -> int:
         """Codebook size K: codes are in [0, K)."""
         return self.layout.codebook_size
@@ -590,8 +595,15 @@ class TokenDataset(torch.utils.data.Dataset):
 
     def _open(self) -> None:
         # Plain ndarray views of the maps: indexing a np.memmap subclass costs ~10x more per item.
-        self._codes = np.load(self.path / CODES_FILE, mmap_mode="r").view(np.ndarray)
-        self._labels = np.load(self.path / LABELS_FILE, mmap_mode="r").view(np.ndarray)
+        codes = np.load(self.path / CODES_FILE, mmap_mode="r")
+        labels = np.load(self.path / LABELS_FILE, mmap_mode="r")
+        expect = (self._n, self._a, self.layout.num_tokens)
+        if codes.shape != expect or codes.dtype != self.layout.dtype or labels.shape != (self._n,):
+            raise ValueError(
+                f"{self.path}: codes.npy {codes.shape} {codes.dtype} / labels.npy {labels.shape} do not match the "
+                f"manifest {expect} {self.layout.dtype} / ({self._n},)"
+            )
+        self._codes, self._labels = codes.view(np.ndarray), labels.view(np.ndarray)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
