@@ -18,7 +18,6 @@ another device, the encoder follows the images' device at the next call.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field

@@ -15,7 +15,6 @@ The encoder is always frozen: eval mode, `requires_grad=False`, forward under `t
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -297,11 +296,3 @@ class FrozenVFM(nn.Module):
 def pixels_dtype(module: nn.Module) -> torch.dtype:
     """Dtype of the module's parameters (the ViT's input dtype)."""
     return next(module.parameters()).dtype
-
-
-def grid_side(num_tokens: int) -> int:
-    """Side of a square token grid (raises ValueError when `num_tokens` is not a perfect square)."""
-    side = math.isqrt(num_tokens)
-    if side * side != num_tokens:
-        raise ValueError(f"{num_tokens} tokens do not form a square grid")
-    return side
