@@ -253,7 +253,15 @@ class VFMTokenizer(nn.Module):
         return (p for p in self.parameters() if p.requires_grad)
 
     def vfm_features(self, images: torch.Tensor, return_input: bool = False):
-        """Frozen multi-level features (list of (B, N, C)), computed without grad. See `FrozenVFM.forward`."""
+        """Frozen multi-level features, computed without grad (see `FrozenVFM.forward`).
+
+        Args:
+            images: (B, 3, H, W) float in [-1, 1], any size.
+            return_input: also return the preprocessed encoder input (B, 3, S, S).
+
+        Returns:
+            list of L tensors (B, N, C) (N = (S / patch)^2, last level final-normed), or (levels, input).
+        """
         vfm = self.vfm
         ref = next(vfm.parameters())
         if ref.device != images.device:  # a deep copy moved elsewhere: follow the images
@@ -412,6 +420,11 @@ def create_tokenizer(name_or_config: str | TokenizerConfig | dict = "tiny", enco
 def save_tokenizer(tok: VFMTokenizer, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write `directory/tokenizer.safetensors` (trainable weights, frozen encoder excluded) and
     `directory/config.json` ({"format", "format_version", "tokenizer": config, "encoder_weights", **extra}).
+
+    Args:
+        tok: the tokenizer (any device; tensors are copied to CPU, float dtype kept).
+        directory: created if missing; existing files of the same names are overwritten.
+        extra: additional JSON-serialisable entries for config.json (e.g. provenance).
 
     Returns:
         The directory path.

@@ -199,6 +199,7 @@ class FrozenVFM(nn.Module):
 
     @property
     def patch_size(self) -> int:
+        """Patch side in pixels (14 for DINOv2)."""
         return int(self.model.patch_embed.patch_size[0])
 
     @property
