@@ -29,6 +29,11 @@ def command(
     fid_method: Annotated[str, typer.Option(
         "--fid-method", help="Trace term of FID/sFID: sqrtm (ADM/TTUR numerics, default), eig (torch-fidelity), "
                              "eigh (symmetric form; same value, much faster on CPU).")] = "sqrtm",
+    tokenizer: Annotated[Optional[Path], typer.Option(
+        "--tokenizer", help="Tokenizer mode: run dir, .safetensors or the authors' .pt; scores reconstructions of --data.")] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", help="Tokenizer mode: prepared data folder or image folder (val split) of ground-truth images.")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=2, help="Tokenizer mode: only the first N images.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the reference statistics cache.")] = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -41,8 +46,14 @@ def command(
     shifts the numbers). The metrics are deterministic; --seed is accepted for CLI uniformity and unused
     (the IS shuffle uses --is-shuffle-seed). See docs/evaluate.md.
     """
+    if tokenizer is not None or data is not None:
+        if tokenizer is None or data is None or samples is not None or ref is not None:
+            fail("tokenizer mode takes exactly --tokenizer RUN --data DATA (no SAMPLES.npz / --ref)")
+        _tokenizer_mode(tokenizer, data, inception_weights, json_out, batch_size, limit, device,
+                        None if no_is_shuffle else is_shuffle_seed, fid_method)
+        return
     if samples is None or ref is None:
-        fail("usage: vfmtok evaluate SAMPLES.npz --ref REF.npz (the tokenizer mode --tokenizer/--data is not implemented yet)")
+        fail("usage: vfmtok evaluate SAMPLES.npz --ref REF.npz, or vfmtok evaluate --tokenizer RUN --data DATA")
     from vfmtok.metrics.evaluate import EvaluationInputError, evaluate_samples, format_adm_lines
     from vfmtok.metrics.reference import validate_image_npz
     from vfmtok.metrics.weights import InceptionWeightsError, InceptionWeightsNotFound
@@ -71,6 +82,36 @@ def command(
     typer.echo(f"reference statistics: {result['reference']['statistics']}")
     for line in format_adm_lines(result):
         typer.echo(line)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        typer.echo(f"wrote {json_out}")
+
+
+def _tokenizer_mode(tokenizer: Path, data: Path, inception_weights: Optional[Path], json_out: Optional[Path],
+                    batch_size: int, limit: Optional[int], device: str, is_shuffle_seed: Optional[int],
+                    fid_method: str) -> None:
+    """`--tokenizer RUN --data DATA`: rFID, rIS, PSNR, SSIM, codebook usage (see docs/evaluate.md)."""
+    from vfmtok.metrics.tokenizer_eval import evaluate_tokenizer
+    from vfmtok.metrics.weights import InceptionWeightsError, InceptionWeightsNotFound
+
+    try:
+        result = evaluate_tokenizer(str(tokenizer), str(data), inception_weights=inception_weights,
+                                    batch_size=batch_size, limit=limit, device=device,
+                                    is_shuffle_seed=is_shuffle_seed, fid_method=fid_method)
+    except (FileNotFoundError, InceptionWeightsNotFound, InceptionWeightsError, ValueError) as err:
+        fail(str(err))
+    typer.echo(f"tokenizer: {tokenizer}  image size {result['image_size']}  codebook {result['codebook_size']}")
+    typer.echo(f"data: {data}  N={result['count']}  (both sides resized to {result['eval_size']})")
+    w = result["inception_weights"]
+    typer.echo(f"inception weights: {w['path']} sha256={w['sha256']} origin={w['origin']}")
+    typer.echo(f"rFID: {result['rfid']}")
+    typer.echo(f"rIS: {result['ris'] if result['ris'] is not None else result.get('ris_status')}")
+    typer.echo(f"PSNR: {result['psnr']}")
+    typer.echo(f"SSIM: {result['ssim']}")
+    typer.echo(f"SSIM (official data_range=2 variant): {result['ssim_official_data_range_2']}")
+    typer.echo(f"codebook usage: {result['codebook_usage']} ({result['codes_used']}/{result['codebook_size']} codes), "
+               f"perplexity {result['codebook_perplexity']:.1f}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2) + "\n")

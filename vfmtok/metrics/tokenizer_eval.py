@@ -1,0 +1,183 @@
+"""Tokenizer reconstruction evaluation: rFID, rIS, PSNR, SSIM and codebook usage in one pass.
+
+Protocol of the official VFMTok ``vqgan_test.py`` (``shared/reference/evaluation.md`` section 1.8): images are
+ADM-centre-cropped at the tokenizer resolution S (336 for ``vfmtok-l``), encoded and decoded at S; both the
+ground truth and the reconstruction are converted to uint8 (``clamp(127.5 x + 128, 0, 255)``, LlamaGen's
+rounding) and PIL-resized (bicubic) to 256 x 256; rFID is the Fréchet distance between the Inception pool3
+statistics of the reconstructions and of the ground truth of the same pass (the official script computes the
+GT statistics on the fly too), rIS the Inception Score of the reconstructions. PSNR and SSIM are computed on
+the 256 x 256 uint8 pairs as [0, 1] floats (data_range 1; the official data_range-2 SSIM is reported
+separately and labelled). Codebook usage counts every code of the pass.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from vfmtok.metrics.fid import feature_statistics, frechet_distance
+from vfmtok.metrics.inception import InceptionFeatureExtractor
+from vfmtok.metrics.inception_score import DEFAULT_SHUFFLE_SEED, SPLIT_SIZE, inception_score
+from vfmtok.metrics.recon import CodebookUsage, psnr, ssim
+
+__all__ = ["EVAL_SIZE", "evaluate_reconstructions", "evaluate_tokenizer", "to_uint8_resized"]
+
+EVAL_SIZE = 256
+
+
+def to_uint8_resized(images: torch.Tensor, size: int = EVAL_SIZE) -> np.ndarray:
+    """float (B, 3, S, S) in [-1, 1] -> uint8 (B, size, size, 3) via clamp(127.5 x + 128) and PIL bicubic.
+
+    No resize when S == size.
+    """
+    arr = (images.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    if arr.shape[1:3] == (size, size):
+        return arr
+    return np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC)) for a in arr])
+
+
+@torch.no_grad()
+def evaluate_reconstructions(
+    tokenizer,
+    batches: Iterable[torch.Tensor],
+    extractor: InceptionFeatureExtractor,
+    *,
+    codebook_size: int,
+    total: int | None = None,
+    is_shuffle_seed: int | None = DEFAULT_SHUFFLE_SEED,
+    fid_method: Literal["sqrtm", "eig", "eigh"] = "sqrtm",
+    progress: bool = True,
+) -> dict:
+    """Reconstruct every image and score the reconstructions.
+
+    Args:
+        tokenizer: object with ``encode(images) -> codes (B, L) int`` and ``decode_codes(codes) -> (B, 3, S, S)``
+            (``vfmtok.load_tokenizer`` / ``create_tokenizer`` models); images float in [-1, 1].
+        batches: iterable of float (B, 3, S, S) ground-truth images in [-1, 1] (ADM centre crops at S), on the
+            tokenizer's device.
+        extractor: Inception features (see :mod:`vfmtok.metrics.inception`).
+        codebook_size: K, for the usage count.
+        total: number of images (for the progress bar only).
+        is_shuffle_seed, fid_method: as :func:`vfmtok.metrics.evaluate.evaluate_samples`.
+        progress: tqdm bar.
+
+    Returns:
+        dict with ``rfid``, ``ris`` (None if the weights lack the fc layer), ``psnr``, ``ssim`` (data_range 1),
+        ``ssim_official_data_range_2`` (the official scripts' variant, labelled), ``codebook_usage`` (fraction
+        of the K codes used), ``codebook_perplexity``, ``codes_used``, ``count``, ``eval_size``.
+
+    Raises:
+        ValueError: fewer than 2 images (no covariance).
+    """
+    usage = CodebookUsage(codebook_size)
+    gt_pool, rec_pool, rec_logits = [], [], []
+    psnr_sum = ssim_sum = ssim2_sum = 0.0
+    count = 0
+    with tqdm(total=total, desc="reconstruct", unit="img", disable=not progress) as bar:
+        for images in batches:
+            codes = tokenizer.encode(images)
+            recon = tokenizer.decode_codes(codes)
+            usage.update(codes)
+            gt_u8, rec_u8 = to_uint8_resized(images), to_uint8_resized(recon)
+            gt_f = torch.from_numpy(gt_u8).permute(0, 3, 1, 2).double() / 255
+            rec_f = torch.from_numpy(rec_u8).permute(0, 3, 1, 2).double() / 255
+            psnr_sum += float(psnr(gt_f, rec_f).sum())
+            ssim_sum += float(ssim(gt_f, rec_f, 1.0).sum())
+            ssim2_sum += float(ssim(gt_f, rec_f, 2.0).sum())
+            gt_out, rec_out = extractor(gt_u8), extractor(rec_u8)
+            gt_pool.append(gt_out.pool3.cpu().numpy())
+            rec_pool.append(rec_out.pool3.cpu().numpy())
+            if rec_out.logits is not None:
+                rec_logits.append(rec_out.logits.cpu().numpy())
+            count += len(gt_u8)
+            bar.update(len(gt_u8))
+    if count < 2:
+        raise ValueError(f"tokenizer evaluation needs at least 2 images, got {count}")
+    mu_r, sigma_r = feature_statistics(np.concatenate(rec_pool))
+    mu_g, sigma_g = feature_statistics(np.concatenate(gt_pool))
+    ris = inception_score(np.concatenate(rec_logits), SPLIT_SIZE, is_shuffle_seed) if rec_logits else None
+    return {
+        "rfid": frechet_distance(mu_r, sigma_r, mu_g, sigma_g, fid_method),
+        "ris": ris,
+        "psnr": psnr_sum / count,
+        "ssim": ssim_sum / count,
+        "ssim_official_data_range_2": ssim2_sum / count,
+        "codebook_usage": usage.usage(),
+        "codebook_perplexity": usage.perplexity(),
+        "codes_used": int((usage.counts > 0).sum()),
+        "count": count,
+        "eval_size": EVAL_SIZE,
+    }
+
+
+def evaluate_tokenizer(
+    tokenizer_path: str,
+    data_path: str,
+    *,
+    inception_weights: str | None = None,
+    batch_size: int = 32,
+    limit: int | None = None,
+    device: str | torch.device = "auto",
+    num_workers: int = 0,
+    is_shuffle_seed: int | None = DEFAULT_SHUFFLE_SEED,
+    fid_method: Literal["sqrtm", "eig", "eigh"] = "sqrtm",
+    progress: bool = True,
+) -> dict:
+    """Load a tokenizer and a dataset, run :func:`evaluate_reconstructions`, add provenance.
+
+    Args:
+        tokenizer_path: run directory, ``.safetensors`` or the authors' ``.pt`` (``vfmtok.load_tokenizer``).
+        data_path: prepared data folder (``prepare-data`` output with ``manifest.json``) or an image folder
+            (class folders / ImageNet root, val split). Images are ADM-centre-cropped at the tokenizer size.
+        limit: evaluate only the first ``limit`` images (the official protocol uses all 50 000 val images).
+        Other args: as :func:`vfmtok.metrics.evaluate.evaluate_samples`.
+
+    Returns:
+        The dict of :func:`evaluate_reconstructions` plus ``tokenizer``, ``data``, ``image_size``,
+        ``codebook_size``, ``inception_weights``, ``protocol``, ``vfmtok_version``, ``device``.
+
+    Raises:
+        FileNotFoundError / ValueError: from the tokenizer or dataset loaders, or the Inception weights.
+    """
+    from pathlib import Path
+
+    from torch.utils.data import DataLoader, Subset
+
+    import vfmtok
+    from vfmtok.data.crops import AdmCenterCrop
+    from vfmtok.data.datasets import ImageFolderDataset, PreparedDataset
+    from vfmtok.device import resolve_device
+    from vfmtok.metrics.weights import load_inception_weights
+
+    dev = resolve_device(device) if isinstance(device, str) else device
+    tokenizer = vfmtok.load_tokenizer(tokenizer_path, map_location=dev)
+    size, codebook_size = tokenizer.config.image_size, tokenizer.config.codebook_size
+    transform = AdmCenterCrop(size)
+    root = Path(data_path)
+    if (root / "manifest.json").is_file():
+        dataset = PreparedDataset(root, transform=transform)
+    else:
+        dataset = ImageFolderDataset(root, split="val", transform=transform)
+    if limit is not None:
+        dataset = Subset(dataset, range(min(limit, len(dataset))))
+    state, weights = load_inception_weights(inception_weights)
+    extractor = InceptionFeatureExtractor(state, has_fc=weights.has_fc).to(dev)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    batches = (images.to(dev) for images, _ in loader)
+    result = evaluate_reconstructions(tokenizer, batches, extractor, codebook_size=codebook_size, total=len(dataset),
+                                      is_shuffle_seed=is_shuffle_seed, fid_method=fid_method, progress=progress)
+    result.update(
+        tokenizer=str(tokenizer_path), data=str(data_path), image_size=size, codebook_size=codebook_size,
+        inception_weights={"path": str(weights.path), "sha256": weights.sha256, "origin": weights.origin,
+                           "official": weights.official, "has_fc": weights.has_fc},
+        protocol={"crop": f"ADM centre crop at {size}", "to_uint8": "clamp(127.5x+128)",
+                  "resize": f"PIL bicubic {size} -> {EVAL_SIZE} (both sides)", "rfid_reference": "GT of the same pass",
+                  "is_shuffle_seed": is_shuffle_seed, "fid_method": fid_method},
+        vfmtok_version=vfmtok.__version__, device=str(dev),
+    )
+    if result["ris"] is None:
+        result["ris_status"] = "unavailable (Inception weights without the fc layer)"
+    return result
