@@ -1,0 +1,261 @@
+"""`vfmtok sample`: outputs, labels, reproducibility (batch size, 1 vs 2 processes), refusal, resume, discovery."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import vfmtok
+import vfmtok.sampling
+from vfmtok import sample_job as sj
+from vfmtok.cli.main import app
+from vfmtok.imageops import to_uint8
+
+NUM_CLASSES = 10
+COMMON = ["--image-size", "48", "--decode-batch", "4", "--cfg-scale", "2", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny tokenizer run and a tiny GPT run (under ROOT/runs/ar) that records it."""
+    from vfmtok.models.gpt import save_gpt
+    from vfmtok.models.tokenizer import save_tokenizer
+
+    root = tmp_path_factory.mktemp("sample")
+    torch.manual_seed(0)
+    tok = vfmtok.create_tokenizer("tiny", encoder_weights="random")
+    save_tokenizer(tok, root / "tok")
+    c = tok.config
+    gpt = vfmtok.create_gpt("GPT-tiny", vocab_size=c.codebook_size, num_classes=NUM_CLASSES, grid_size=c.token_grid)
+    torch.nn.init.normal_(gpt.output.weight, std=0.5)  # the zero-initialised head would give uniform logits
+    save_gpt(gpt, root / "runs" / "ar")
+    cfg_file = root / "runs" / "ar" / "config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "tokenizer": str(root / "tok")}))
+    return root
+
+
+def _invoke(args, cwd: Path):
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(app, ["sample", *args])
+    finally:
+        os.chdir(old)
+
+
+def _npz(path: Path):
+    with np.load(path) as data:
+        return data["arr_0"], data["arr_1"], sorted(data.files)
+
+
+@pytest.fixture(scope="module")
+def first_run(models):
+    """7 images, 3 cycled classes, GPT batch 3, decode chunks of 4, found through ./runs discovery."""
+    out = models / "out_b3"
+    res = _invoke(["--class", "3", "--class", "5,7", "-n", "7", "--batch-size", "3", "--out", str(out), *COMMON], models)
+    assert res.exit_code == 0, res.output
+    return out, res.output
+
+
+def test_cli_writes_pngs_grid_npz_and_config(models, first_run):
+    out, output = first_run
+    assert "newest GPT run" in output and str(Path("runs") / "ar") in output
+    images, labels, keys = _npz(out / "samples.npz")
+    assert keys == ["arr_0", "arr_1"]
+    assert images.dtype == np.uint8 and images.shape == (7, 48, 48, 3)
+    assert labels.dtype == np.int64 and labels.tolist() == [3, 5, 7, 3, 5, 7, 3]
+    for i in range(7):  # PNGs are lossless copies of exactly the npz pixels
+        png = np.asarray(Image.open(out / "images" / f"{i:06d}.png"))
+        assert png.dtype == np.uint8 and np.array_equal(png, images[i])
+    assert sorted(p.name for p in (out / "images").iterdir()) == [f"{i:06d}.png" for i in range(7)]
+    assert not (out / "parts").exists()
+    # grid: 3 classes -> one row per class (indices 0,3,6 | 1,4 | 2,5), 2 px white gaps
+    grid = np.asarray(Image.open(out / "grid.png"))
+    assert grid.shape == (2 + 3 * 50, 2 + 3 * 50, 3)
+    for r, row in enumerate([[0, 3, 6], [1, 4], [2, 5]]):
+        for c, i in enumerate(row):
+            assert np.array_equal(grid[2 + 50 * r : 50 * (r + 1), 2 + 50 * c : 50 * (c + 1)], images[i])
+    assert (grid[2 + 50 : 100, 2 + 100 : 150] == 255).all()  # class 5 has only 2 images: blank third tile
+    cfg = json.loads((out / "sample_config.json").read_text())
+    gpt_file, tok_file = models / "runs" / "ar" / "model.safetensors", models / "tok" / "tokenizer.safetensors"
+    assert cfg["complete"] and cfg["world_size"] == 1 and cfg["num_samples"] == 7
+    assert cfg["gpt"]["sha256"] == hashlib.sha256(gpt_file.read_bytes()).hexdigest()
+    assert cfg["tokenizer"]["sha256"] == hashlib.sha256(tok_file.read_bytes()).hexdigest()
+    assert cfg["settings"]["classes"] == [3, 5, 7] and cfg["settings"]["cfg_scale"] == 2.0
+    assert cfg["vfmtok_version"] == vfmtok.__version__ and cfg["command"].startswith("vfmtok")
+
+
+def test_npz_pixels_equal_an_independent_generate_decode_convert(models, first_run):
+    from vfmtok.models.gpt import load_gpt
+
+    images, labels, _ = _npz(first_run[0] / "samples.npz")
+    gpt = load_gpt(models / "runs" / "ar")
+    tok = vfmtok.load_tokenizer(models / "tok", encoder_weights="random")
+    codes = vfmtok.generate(gpt, labels.tolist(), cfg_scale=2.0, seed=0)  # all 7 at once, indices 0..6
+    expected = np.concatenate([to_uint8(tok.decode_codes(codes[s : s + 4]), size=48).numpy() for s in (0, 4)])
+    np.testing.assert_array_equal(images, expected)
+    assert len({images[i].tobytes() for i in range(7)}) == 7
+
+
+def test_batch_size_does_not_change_the_npz_bytes(models, first_run):
+    out = models / "out_b5"
+    res = _invoke(["--class", "3,5,7", "-n", "7", "--batch-size", "5", "--out", str(out), *COMMON], models)
+    assert res.exit_code == 0, res.output
+    assert (out / "samples.npz").read_bytes() == (first_run[0] / "samples.npz").read_bytes()
+
+
+@pytest.mark.dist
+def test_two_processes_give_the_same_npz_bytes_as_one(models, first_run):
+    out = models / "out_dist"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vfmtok",
+           "sample", "--class", "3,5,7", "-n", "7", "--batch-size", "2", "--out", str(out), *COMMON]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=models, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "samples.npz").read_bytes() == (first_run[0] / "samples.npz").read_bytes()
+    assert json.loads((out / "sample_config.json").read_text())["world_size"] == 2
+    assert len(list((out / "images").glob("*.png"))) == 7
+
+
+def test_class_ids_are_validated_before_any_work(models):
+    out = models / "out_bad"
+    res = _invoke(["--ckpt", "runs/ar", "--class", "2,10", "-n", "2", "--out", str(out), *COMMON], models)
+    assert res.exit_code == 2
+    assert "--class 10 out of range" in res.output and "[0, 10)" in res.output
+    assert not out.exists()
+    res = _invoke(["--class", "x", "-n", "2", *COMMON], models)
+    assert res.exit_code == 2 and "integer class ids" in res.output
+    res = _invoke(["--class", "1", "--labels", "balanced", *COMMON], models)
+    assert res.exit_code == 2 and "not both" in res.output
+
+
+def test_refuses_other_settings_unless_overwrite_and_skips_a_finished_rerun(models):
+    out = models / "out_refuse"
+    args = ["--ckpt", "runs/ar", "--class", "1", "-n", "2"]
+    base = [*args, "--out", str(out), *COMMON]
+    assert _invoke(base, models).exit_code == 0
+    before = (out / "samples.npz").read_bytes()
+    again = _invoke(base, models)
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    other = _invoke([*base, "--seed", "1"], models)
+    assert other.exit_code == 2 and "other settings" in other.output and "seed: 0 -> 1" in other.output
+    assert (out / "samples.npz").read_bytes() == before
+    forced = _invoke([*base, "--seed", "1", "--overwrite"], models)
+    assert forced.exit_code == 0, forced.output
+    assert json.loads((out / "sample_config.json").read_text())["settings"]["seed"] == 1
+    assert (out / "samples.npz").read_bytes() != before
+    foreign = models / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    res = _invoke([*args, "--out", str(foreign), *COMMON], models)
+    assert res.exit_code == 2 and "not a vfmtok sample folder" in res.output
+
+
+def test_resume_generates_only_missing_chunks(models, first_run, monkeypatch):
+    out = models / "out_resume"
+    opts = sj.SampleOptions(num_samples=7, classes=[3, 5, 7], cfg_scale=2.0, batch_size=3, decode_batch=4,
+                            image_size=48, device="cpu", progress=False)
+    real_commit = sj._commit_chunk
+
+    def crash_on_chunk_1(out_dir, chunk, start, pixels, png):
+        if chunk == 1:
+            raise RuntimeError("simulated kill")
+        real_commit(out_dir, chunk, start, pixels, png)
+
+    monkeypatch.setattr(sj, "_commit_chunk", crash_on_chunk_1)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        sj.run_sample(models / "runs" / "ar", None, out, opts, log=lambda *_: None)
+    assert (out / "parts" / "chunk_000000.npy").is_file() and not (out / "samples.npz").exists()
+    monkeypatch.setattr(sj, "_commit_chunk", real_commit)
+    seen = []
+    real_generate = vfmtok.sampling.generate
+
+    def counting_generate(*args, sample_indices=None, **kwargs):
+        seen.extend(sample_indices)
+        return real_generate(*args, sample_indices=sample_indices, **kwargs)
+
+    monkeypatch.setattr(vfmtok.sampling, "generate", counting_generate)
+    sj.run_sample(models / "runs" / "ar", None, out, opts, log=lambda *_: None)
+    assert seen == [4, 5, 6]
+    assert (out / "samples.npz").read_bytes() == (first_run[0] / "samples.npz").read_bytes()
+
+
+def test_label_rules():
+    np.testing.assert_array_equal(sj.make_labels(7, 10, classes=[4, 1]), [4, 1, 4, 1, 4, 1, 4])
+    np.testing.assert_array_equal(sj.make_labels(23, 10, mode="balanced"), np.arange(23) % 10)
+    rand = sj.make_labels(20000, 10, mode="random", seed=5)
+    for i in (0, 1, 777, 19999):  # independent evaluation of the documented formula
+        h = int.from_bytes(hashlib.blake2b(f"vfmtok-label:5:{i}".encode(), digest_size=8).digest(), "little")
+        assert rand[i] == (h * 10) // 2**64
+    np.testing.assert_array_equal(sj.make_labels(50, 10, mode="random", seed=5), rand[:50])  # depends on (seed, i)
+    assert (sj.make_labels(50, 10, mode="random", seed=6) != rand[:50]).any()
+    counts = np.bincount(rand, minlength=10)
+    assert counts.min() > 1800 and counts.max() < 2200  # 2000 expected, sd ~42
+    assert rand.dtype == np.int64
+    with pytest.raises(ValueError, match="--class 10 out of range"):
+        sj.make_labels(3, 10, classes=[0, 10])
+
+
+def test_grid_rows_by_class_or_square():
+    assert sj.grid_rows(np.array([3, 5, 3, 5, 3])) == [[0, 2, 4], [1, 3]]
+    assert sj.grid_rows(np.arange(100) % 50) == [list(range(s, s + 8)) for s in range(0, 64, 8)]
+    assert sj.grid_rows(np.zeros(5, dtype=np.int64)) == [[0, 1, 2], [3, 4]]
+
+
+def test_latest_run_discovery_and_tokenizer_resolution(models, tmp_path):
+    src = models / "runs" / "ar"
+    for name, mtime in (("a", 100), ("b/deep", 300), ("c", 200), ("b/checkpoints/step_1", 900)):
+        shutil.copytree(src, tmp_path / "runs" / name)
+        os.utime(tmp_path / "runs" / name / "model.safetensors", (mtime, mtime))
+    (tmp_path / "runs" / "other").mkdir()
+    (tmp_path / "runs" / "other" / "model.safetensors").write_bytes(b"x")  # no vfmtok.gpt config.json
+    assert sj.find_latest_gpt_run(tmp_path / "runs") == tmp_path / "runs" / "b" / "deep"
+    with pytest.raises(FileNotFoundError, match="no GPT run found"):
+        sj.find_latest_gpt_run(tmp_path / "empty")
+    ck = sj.resolve_checkpoints(None, None, tmp_path / "runs")
+    assert ck.chosen_automatically and ck.tokenizer == models / "tok"
+    bare = tmp_path / "bare"
+    shutil.copytree(src, bare)
+    cfg = json.loads((bare / "config.json").read_text())
+    del cfg["tokenizer"]
+    (bare / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FileNotFoundError, match="no tokenizer recorded"):
+        sj.resolve_checkpoints(bare, None)
+    assert sj.resolve_checkpoints(bare, models / "tok").tokenizer_file == models / "tok" / "tokenizer.safetensors"
+    with pytest.raises(FileNotFoundError, match="--tokenizer vfmtok-tokenizer.pt"):
+        sj.resolve_checkpoints(_fake_official(tmp_path), None)
+
+
+def _fake_official(tmp_path: Path) -> Path:
+    path = tmp_path / "GPT-B-300e.pt"
+    path.write_bytes(b"not read by resolve_checkpoints")
+    return path
+
+
+def test_mismatched_gpt_and_tokenizer_are_refused(models, tmp_path):
+    from vfmtok.models.gpt import save_gpt
+
+    tok_cfg = vfmtok.load_tokenizer(models / "tok", encoder_weights="random").config
+    for name, kwargs, match in (("vocab", {"vocab_size": 512, "grid_size": tok_cfg.token_grid}, "vocabulary 512"),
+                                ("grid", {"vocab_size": tok_cfg.codebook_size, "grid_size": 4}, "16 tokens")):
+        gpt = vfmtok.create_gpt("GPT-tiny", num_classes=NUM_CLASSES, **kwargs)
+        save_gpt(gpt, tmp_path / name)
+        res = _invoke(["--ckpt", str(tmp_path / name), "--tokenizer", str(models / "tok"), "-n", "1",
+                       "--out", str(tmp_path / f"o_{name}"), *COMMON], models)
+        assert res.exit_code == 2 and match in res.output and "not trained together" in res.output
+    run = tmp_path / "sha"
+    shutil.copytree(models / "runs" / "ar", run)
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "tokenizer_sha256": "0" * 64}))
+    res = _invoke(["--ckpt", str(run), "-n", "1", "--out", str(tmp_path / "o_sha"), *COMMON], models)
+    assert res.exit_code == 2 and "not the one this GPT was trained with" in res.output
