@@ -87,9 +87,15 @@ def test_frozen_encoder_is_excluded_from_weights_but_follows_the_module(tok):
     assert tok.training and not tok.vfm.training
     tok.eval()
     twin = copy.deepcopy(tok)
-    assert twin.vfm is tok.vfm
+    assert twin.vfm is tok.vfm  # an EMA copy does not duplicate the frozen encoder...
     assert twin.encode_transformer.carrier_tokens is not tok.encode_transformer.carrier_tokens
-    tok.to(torch.float64)
+    twin.to("cpu")  # a no-op move keeps sharing
+    assert twin.vfm is tok.vfm
+    twin.to(torch.float64)  # ...until it is moved or cast: then it takes its own copy, the original stays
+    assert twin.vfm is not tok.vfm
+    assert next(twin.vfm.parameters()).dtype == torch.float64
+    assert next(tok.vfm.parameters()).dtype == torch.float32
+    tok.to(torch.float64)  # the model's own moves/casts reach its encoder
     try:
         assert next(tok.vfm.parameters()).dtype == torch.float64
     finally:

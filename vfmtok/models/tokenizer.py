@@ -12,14 +12,15 @@ see shared/reference/vfmtok.md section 1 and docs/tokenizer.md.
 
 The frozen VFM is NOT a registered submodule: it is kept in a plain attribute so that it never appears in
 `state_dict()`, `parameters()` (optimizers, DDP) or saved weights, while `.to()/.cuda()/.half()` still move
-it (`_apply` is overridden). Deep copies (e.g. an EMA model) share the same frozen encoder; if a copy lives on
-another device, the encoder follows the images' device at the next call.
+it (`_apply` is overridden). Deep copies (e.g. an EMA model) share the same frozen encoder until one of them
+is moved or cast, which then takes a private copy (so `copy.deepcopy(tok).to("cpu")` leaves `tok` alone).
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -176,14 +177,38 @@ class TokenizerOutput:
     semantic_target: torch.Tensor | None = None
 
 
+_HOLDERS: "weakref.WeakKeyDictionary[nn.Module, weakref.WeakSet]" = weakref.WeakKeyDictionary()
+
+
 class _SharedFrozen:
-    """Holds the frozen encoder outside the module tree; deep copies share it (it never changes)."""
+    """Holds the frozen encoder outside the module tree.
+
+    Deep copies of a tokenizer (e.g. an EMA model) share the encoder (it never changes) until one of them is
+    moved or cast to something else: that one then gets its own copy first (copy on move), so moving a copy
+    never moves the encoder of the original.
+    """
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
+        _HOLDERS.setdefault(module, weakref.WeakSet()).add(self)
+
+    def is_shared(self) -> bool:
+        return len(_HOLDERS.get(self.module, ())) > 1
+
+    def unshare(self) -> None:
+        """Replace the shared encoder by a private deep copy."""
+        _HOLDERS[self.module].discard(self)
+        self.module = copy.deepcopy(self.module)
+        _HOLDERS.setdefault(self.module, weakref.WeakSet()).add(self)
 
     def __deepcopy__(self, memo: dict) -> "_SharedFrozen":
-        return self
+        return _SharedFrozen(self.module)
+
+    def __getstate__(self) -> dict:
+        return {"module": self.module}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["module"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +270,12 @@ class VFMTokenizer(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .half(), .to_empty() also move the VFM
         super()._apply(fn, recurse)
-        self.vfm._apply(fn, recurse)
+        holder = self._frozen
+        if holder.is_shared():
+            probe = next(holder.module.parameters(), None)
+            if probe is not None and fn(probe) is not probe:  # a real move/cast: do not drag the other copies
+                holder.unshare()
+        holder.module._apply(fn, recurse)
         return self
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
