@@ -43,8 +43,8 @@ def command(
         "--tokenizer", help="Tokenizer: a train-tokenizer run directory, a .safetensors file (config.json beside "
                             "it), or the authors' vfmtok-tokenizer.pt.")],
     aug: Annotated[Aug, typer.Option(
-        "--aug", help="Views per image: none (ADM centre crop), flip (+ its mirror: 2), ten-crop (LlamaGen: 5 crops "
-                      "of a 1.1x centre crop + their mirrors: 10).")] = Aug.none,
+        "--aug", metavar="MODE", help="Views per image: none (ADM centre crop), flip (+ its mirror: 2), ten-crop "
+                                      "(LlamaGen: 5 crops of a 1.1x centre crop + their mirrors: 10).")] = Aug.none,
     neighbours: Annotated[int, typer.Option(
         "--neighbours", min=1, max=2,
         help="1: nearest code; 2: also store the second-nearest code sequence of every view "
@@ -59,7 +59,7 @@ def command(
     encoder_weights: Annotated[Optional[Path], typer.Option(
         "--encoder-weights", help="Frozen encoder weights file (e.g. dinov2_vitl14_reg4_pretrain.pth) when the "
                                   "tokenizer run does not find its own.")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     mixed_precision: PrecisionOpt = MixedPrecision.bf16,
@@ -96,7 +96,7 @@ def command(
         fail(f"--tokenizer {tokenizer}: {err}")
     options = ExtractOptions(
         aug=aug.value, neighbours=neighbours, batch_size=batch_size, num_workers=num_workers, device=device,
-        mixed_precision=mixed_precision.value, overwrite=overwrite, progress=progress,
+        mixed_precision=mixed_precision.value, overwrite=overwrite, progress=not no_progress,
     )
     try:
         manifest = extract_tokens(source, out, tok, options=options, tokenizer_info=info,
