@@ -259,3 +259,15 @@ def test_mismatched_gpt_and_tokenizer_are_refused(models, tmp_path):
     (run / "config.json").write_text(json.dumps({**cfg, "tokenizer_sha256": "0" * 64}))
     res = _invoke(["--ckpt", str(run), "-n", "1", "--out", str(tmp_path / "o_sha"), *COMMON], models)
     assert res.exit_code == 2 and "not the one this GPT was trained with" in res.output
+
+
+def test_tokenizer_sha_check_accepts_file_sha_or_the_token_store_fingerprint(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "manifest.json").write_text(json.dumps({"tokenizer": {"file_sha256": "f" * 64, "weights_sha256": "w" * 64}}))
+    src = Path("tok")
+    assert sj.verify_tokenizer_sha(None, "f" * 64, src) is None
+    assert sj.verify_tokenizer_sha({"tokenizer_sha256": "f" * 64}, "f" * 64, src) is True
+    assert sj.verify_tokenizer_sha({"tokenizer_sha256": "w" * 64, "token_store": str(store)}, "f" * 64, src) is True
+    with pytest.raises(ValueError, match="not the one this GPT was trained with"):  # fingerprint of another file
+        sj.verify_tokenizer_sha({"tokenizer_sha256": "w" * 64, "token_store": str(store)}, "e" * 64, src)

@@ -56,7 +56,7 @@ def command(
                                   "default the encoder is built randomly initialised (no download needed).")] = None,
     classes: Annotated[Optional[list[str]], typer.Option(
         "--class", help="Class id(s) in [0, num_classes); repeat or comma-separate (--class 88 --class 3,7). "
-                        "Sample i gets classes[i % len(classes)].")] = None,
+                        "Sample i gets the (i mod m)-th of the m ids given.")] = None,
     labels: Annotated[Optional[Labels], typer.Option(
         "--labels", help="Without --class: random (default; label_i = floor(C * BLAKE2b64('vfmtok-label:{seed}:{i}') "
                          "/ 2^64), uniform, depends only on (seed, i)) or balanced (label_i = i mod C, interleaved).")
@@ -100,12 +100,15 @@ def command(
     device: DeviceOpt = "auto",
     mixed_precision: PrecisionOpt = MixedPrecision.no,
 ) -> None:
-    """Sample N class-conditional images: DIR/samples.npz (arr_0 uint8 N x S x S x 3, arr_1 int64 labels),
-    DIR/images/*.png, DIR/grid.png, DIR/sample_config.json.
+    """Sample N class-conditional images from a GPT run.
 
-    Sample i depends only on (--seed, i): any --batch-size and any number of processes (torchrun
-    --nproc_per_node K vfmtok ...) give the same bytes. Rerunning the same command resumes an interrupted
-    DIR. Formulas and details: docs/sample.md.
+    Writes DIR/samples.npz (arr_0 uint8 N x S x S x 3, arr_1 int64 labels),
+    DIR/images/*.png, DIR/grid.png and DIR/sample_config.json.
+
+    Sample i depends only on (--seed, i): any --batch-size and any number of
+    processes (torchrun --nproc_per_node K -m vfmtok sample ...) give the same
+    bytes. Rerunning the same command resumes an interrupted DIR.
+    Formulas and details: docs/sample.md.
     """
     from vfmtok.sample_job import SampleDirError, SampleOptions, run_sample
 
