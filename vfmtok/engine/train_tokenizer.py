@@ -1,0 +1,254 @@
+"""Tokenizer training (the core of `vfmtok train-tokenizer`): the paper's recipe on the generic Trainer.
+
+Recipe (shared/reference/vfmtok.md sections 1.5 and 2): ADM random crop (0.8-1.0) + flip at the tokenizer's image
+size; Adam(0.9, 0.95) lr 1e-4 with linear warm-up (default 4 epochs) then constant, the same Adam for the
+discriminator (no schedule); grad clip 1.0; EMA 0.9999 of the trainable weights; generator loss
+2*MSE + LPIPS + (1 - cos) semantic + VQ + 0.5 * non-saturating GAN loss from step 20000; hinge discriminator loss
+(weighted by the same 0.5). Deviation: before `disc_start` the discriminator is not run at all (the official code
+runs it and steps Adam on a zero loss, which only advances Adam's step counter).
+
+Outputs in RUN (DESIGN.md): `tokenizer.safetensors` (EMA weights, frozen encoder excluded) + `config.json`
+(tokenizer config + the training settings), `checkpoints/`, `metrics.jsonl`, `grids/step_*.png`,
+`train_args.json`.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vfmtok.engine.accel import make_accelerator
+from vfmtok.engine.checkpoint import latest_checkpoint
+from vfmtok.engine.data import AugmentedImages, open_image_dataset
+from vfmtok.engine.metrics import CodebookUsage
+from vfmtok.engine.schedule import warmup_constant_schedule
+from vfmtok.engine.trainer import StepOutput, Trainer, TrainerConfig, TrainResult, seed_everything
+from vfmtok.losses import LPIPS, TokenizerLossConfig, adversarial_weight, generator_loss, hinge_d_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenizerTrainConfig:
+    """Settings of a tokenizer run (CLI options map 1:1; defaults = the paper's recipe where it has one).
+
+    Attributes:
+        data: prepared data (prepare-data output) or an image folder.
+        out: run directory.
+        preset: tokenizer preset ("tiny", "vfmtok-l").
+        tokenizer_overrides: `TokenizerConfig` fields replacing the preset's (e.g. {"codebook_size": 4096}).
+        steps / epochs: length of the run (total optimizer steps; `steps` wins; default 1 epoch).
+        batch_size: global batch (all processes and accumulation micro-batches).
+        grad_accum: micro-batches per step.
+        lr, betas, grad_clip, ema_decay: optimizer settings (1e-4, (0.9, 0.95), 1.0, 0.9999).
+        warmup_steps: linear warm-up length; None = 4 epochs (paper).
+        disc: "dino", "patchgan", "none" or "auto" (dino for vfmtok-l, patchgan otherwise).
+        disc_weights: DINO discriminator weights ("pretrained", "random" or a file).
+        loss: the loss weights (`TokenizerLossConfig`; `disc_start`, `adv_weight` live there).
+        encoder_weights: frozen encoder weights (see `vfmtok.create_tokenizer`).
+        save_every, keep_last, log_every, grid_every: periods in steps (grid_every 0 = no grids).
+        usage_window: codes in the codebook-usage window (65536, official); usage_warn: warn below this fraction.
+        skip_nonfinite, num_workers, seed, device, mixed_precision, resume, progress: see the CLI.
+    """
+
+    data: str
+    out: str
+    preset: str = "tiny"
+    tokenizer_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    warmup_steps: int | None = None
+    disc: str = "auto"
+    disc_weights: str | None = None
+    loss: TokenizerLossConfig = dataclasses.field(default_factory=TokenizerLossConfig)
+    encoder_weights: str | None = None
+    save_every: int = 5000
+    keep_last: int = 3
+    log_every: int = 10
+    grid_every: int = 1000
+    usage_window: int = 65536
+    usage_warn: float = 0.05
+    skip_nonfinite: bool = False
+    num_workers: int = 4
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: str = "no"
+    resume: bool = False
+    progress: bool = True
+
+
+def _psnr(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Mean over images of PSNR in dB between clamp(recon, -1, 1) and images, both mapped to [0, 1]."""
+    mse = ((recon.detach().float().clamp(-1, 1) - images.float()) / 2).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()
+
+
+def _save_grid(path: Path, images: torch.Tensor, recon: torch.Tensor) -> None:
+    """PNG with the inputs in the top row and their reconstructions below (both clamped from [-1, 1])."""
+    from torchvision.utils import save_image
+
+    n = images.shape[0]
+    both = torch.cat([images.float(), recon.detach().float().clamp(-1, 1)]).cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image((both + 1) / 2, str(path), nrow=n, padding=2)
+
+
+class TokenizerStep:
+    """Step function and after-step hook of tokenizer training (see `vfmtok.engine.trainer`)."""
+
+    def __init__(self, cfg: TokenizerTrainConfig, lpips_fn: LPIPS | None, has_disc: bool, usage: CodebookUsage,
+                 out: Path) -> None:
+        self.cfg, self.loss_cfg, self.lpips_fn, self.has_disc = cfg, cfg.loss, lpips_fn, has_disc
+        self.usage, self.out = usage, out
+        self.preview: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.collapsed = False
+
+    def __call__(self, tr: Trainer, batch: Any) -> StepOutput:
+        images = batch[0]
+        lc = self.loss_cfg
+        out = tr.models["tok"](images, return_semantic=lc.semantic_weight > 0)
+        w_adv = adversarial_weight(tr.step, lc.adv_weight, lc.disc_start)
+        use_disc = self.has_disc and w_adv > 0
+        logits_fake = None
+        if use_disc:  # generator side: D's heads must not collect gradients from the generator loss
+            disc = tr.unwrap("disc")
+            trainable = [p for p in disc.parameters() if p.requires_grad]
+            for p in trainable:
+                p.requires_grad_(False)
+            try:
+                logits_fake = disc(out.recon)
+            finally:
+                for p in trainable:
+                    p.requires_grad_(True)
+        total, terms = generator_loss(lc, images, out.recon, out.vq_codebook_loss, out.vq_commit_loss,
+                                      out.semantic_pred, out.semantic_target, self.lpips_fn, logits_fake, tr.step)
+        losses = {"tok": total}
+        logs: dict[str, Any] = {k: v.detach() for k, v in terms.items()}
+        logs["psnr"] = _psnr(out.recon, images)
+        if use_disc:
+            logits_real = tr.models["disc"](images)
+            logits_fake_d = tr.models["disc"](out.recon.detach())
+            d_hinge = hinge_d_loss(logits_real, logits_fake_d)
+            losses["disc"] = w_adv * d_hinge
+            logs.update(d_hinge=d_hinge.detach(), logits_real=logits_real.detach().float().mean(),
+                        logits_fake=logits_fake_d.detach().float().mean())
+        self.usage.update(tr.accelerator.gather(out.codes.contiguous()) if tr.world_size > 1 else out.codes)
+        if tr.accelerator.is_main_process:
+            k = min(8, images.shape[0])
+            self.preview = (images[:k].detach(), out.recon[:k].detach())
+        return StepOutput(losses, logs)
+
+    def after_step(self, tr: Trainer, record: dict[str, Any]) -> None:
+        usage = self.usage.usage()
+        record["codebook_usage"] = usage
+        record["usage_window_fill"] = self.usage.filled / self.usage.window
+        full = self.usage.filled >= self.usage.window
+        collapsed = full and usage < self.cfg.usage_warn
+        if collapsed and not self.collapsed and tr.accelerator.is_main_process:
+            log.warning("codebook usage collapsed: %.4f of %d codes used in the last %d codes (< %.3f) at step %d",
+                        usage, self.usage.codebook_size, self.usage.window, self.cfg.usage_warn, tr.step + 1)
+        self.collapsed = collapsed
+        step = tr.step + 1
+        if (self.cfg.grid_every and step % self.cfg.grid_every == 0 and self.preview is not None
+                and tr.accelerator.is_main_process):
+            _save_grid(self.out / "grids" / f"step_{step:08d}.png", *self.preview)
+
+
+def _resolve_disc(cfg: TokenizerTrainConfig) -> str:
+    if cfg.disc == "auto":
+        return "dino" if cfg.preset == "vfmtok-l" else "patchgan"
+    return cfg.disc
+
+
+def export_ema_tokenizer(trainer: Trainer, out: Path, extra: dict[str, Any]) -> Path:
+    """Write `out/tokenizer.safetensors` + `out/config.json` from the EMA weights (main process only)."""
+    from vfmtok.models.tokenizer import save_tokenizer
+
+    tok = copy.deepcopy(trainer.unwrap("tok")).to("cpu")
+    trainer.emas["tok"].copy_to(tok)
+    return save_tokenizer(tok, out, extra=extra)
+
+
+def train_tokenizer(cfg: TokenizerTrainConfig) -> TrainResult:
+    """Run (or resume) tokenizer training; see the module docstring.
+
+    Raises:
+        FileExistsError: `out` already holds checkpoints and `resume` is False.
+        FileNotFoundError, ValueError, RuntimeError: data, weights or settings problems (messages name them).
+        vfmtok.engine.trainer.NonFiniteLossError: a non-finite loss without `skip_nonfinite`.
+    """
+    from vfmtok.models.discriminator import create_discriminator
+    from vfmtok.models.tokenizer import create_tokenizer
+
+    out = Path(cfg.out)
+    has_ckpt = latest_checkpoint(out / "checkpoints") is not None
+    if has_ckpt and not cfg.resume:
+        raise FileExistsError(f"{out} already holds checkpoints; pass --resume to continue it or choose another --out")
+    accelerator = make_accelerator(cfg.device, cfg.mixed_precision, find_unused_parameters=True)
+    seed_everything(cfg.seed)  # model initialisation (identical on every rank)
+    tok = create_tokenizer(cfg.preset, encoder_weights=cfg.encoder_weights, **cfg.tokenizer_overrides)
+    size = tok.config.image_size
+    dataset = AugmentedImages(open_image_dataset(cfg.data), size, seed=cfg.seed)
+    micro_total = accelerator.num_processes * cfg.grad_accum
+    steps_per_epoch = len(dataset) // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"{cfg.data}: {len(dataset)} images, fewer than one batch of --batch-size {cfg.batch_size}")
+    total = cfg.steps if cfg.steps is not None else max(1, round((cfg.epochs or 1) * steps_per_epoch))
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else 4 * steps_per_epoch
+    if cfg.ema_decay > 0 and total * (1 - cfg.ema_decay) < 3 and accelerator.is_main_process:
+        log.warning("--ema-decay %g over %d steps: the exported EMA weights stay close to the initialisation "
+                    "(use a smaller --ema-decay for short runs)", cfg.ema_decay, total)
+    disc_kind = _resolve_disc(cfg)
+    disc = create_discriminator(disc_kind, cfg.disc_weights) if disc_kind != "none" else None
+    lpips_fn = LPIPS().to(accelerator.device) if cfg.loss.perceptual_weight > 0 else None
+    opt_tok = torch.optim.Adam(list(tok.trainable_parameters()), lr=cfg.lr, betas=cfg.betas)
+    models: dict[str, torch.nn.Module] = {"tok": tok}
+    optimizers: dict[str, torch.optim.Optimizer] = {"tok": opt_tok}
+    if disc is not None:
+        models["disc"] = disc
+        optimizers["disc"] = torch.optim.Adam([p for p in disc.parameters() if p.requires_grad], lr=cfg.lr,
+                                              betas=cfg.betas)
+    usage = CodebookUsage(tok.config.codebook_size, cfg.usage_window)
+    step = TokenizerStep(cfg, lpips_fn, disc is not None, usage, out)
+    tcfg = TrainerConfig(
+        out_dir=out, total_steps=total, global_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
+        save_every=cfg.save_every, keep_last=cfg.keep_last, log_every=cfg.log_every, grad_clip=cfg.grad_clip,
+        skip_nonfinite=cfg.skip_nonfinite, seed=cfg.seed, num_workers=cfg.num_workers, progress=cfg.progress,
+    )
+    trainer = Trainer(accelerator, tcfg, models, optimizers, step, dataset,
+                      schedulers={"tok": warmup_constant_schedule(opt_tok, warmup)},
+                      ema={"tok": cfg.ema_decay}, extra_state={"codebook_usage": usage}, after_step=step.after_step)
+    settings = {
+        **dataclasses.asdict(cfg), "disc": disc_kind, "total_steps": total, "warmup_steps": warmup,
+        "steps_per_epoch": steps_per_epoch, "num_images": len(dataset), "world_size": accelerator.num_processes,
+        "micro_batch": cfg.batch_size // micro_total,
+    }
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_args.json").write_text(json.dumps(
+            {"command": sys.argv, "settings": settings, "time": time.time()}, indent=1, default=str) + "\n")
+        log.info("training %s on %d images: %d steps (%d per epoch), global batch %d, disc %s",
+                 cfg.preset, len(dataset), total, steps_per_epoch, cfg.batch_size, disc_kind)
+    if cfg.resume and not has_ckpt and accelerator.is_main_process:
+        log.warning("--resume: no checkpoint under %s yet; starting from scratch", out / "checkpoints")
+    result = trainer.fit(resume=cfg.resume and has_ckpt)
+    if accelerator.is_main_process:
+        export_ema_tokenizer(trainer, out, {"training": settings, "steps_done": result.step,
+                                            "command": sys.argv, "weights": "ema"})
+    accelerator.wait_for_everyone()
+    return result
