@@ -117,8 +117,8 @@ def test_two_process_ddp_sees_disjoint_data_and_matches_one_process(tmp_path):
         from vfmtok.engine.train_ar import train_ar
         from pathlib import Path
         seen = []
-        res = train_ar(cfg_for(Path(sys.argv[1]), Path(sys.argv[2]), steps=4, class_dropout=0.0, dropout=0.0),
-                       observer=lambda rank, step, rows: seen.append((step, rows.tolist())))
+        cfg = cfg_for(Path(sys.argv[1]), Path(sys.argv[2]), steps=4, class_dropout=0.0, dropout=0.0, ema_decay=0.0)
+        train_ar(cfg, observer=lambda rank, step, rows: seen.append((step, rows.tolist())))
         Path(sys.argv[2], "seen" + os.environ["RANK"] + ".json").write_text(repr(seen))
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -128,7 +128,7 @@ def test_two_process_ddp_sees_disjoint_data_and_matches_one_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = [dict((s, set(r)) for s, r in eval((tmp_path / "ddp" / f"seen{k}.json").read_text())) for k in (0, 1)]
     single: list = []
-    train_ar(cfg_for(store, tmp_path / "one", steps=4, class_dropout=0.0, dropout=0.0),
+    train_ar(cfg_for(store, tmp_path / "one", steps=4, class_dropout=0.0, dropout=0.0, ema_decay=0.0),
              observer=lambda rank, step, rows: single.append((step, set(rows.tolist()))))
     for step, rows in single:
         assert not seen[0][step] & seen[1][step]  # ranks disjoint within a step
@@ -137,6 +137,7 @@ def test_two_process_ddp_sees_disjoint_data_and_matches_one_process(tmp_path):
     cfg = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert cfg["train"]["world_size"] == 2 and cfg["step"] == 4
     a, b = load_file(tmp_path / "ddp" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
+    assert a["output.weight"].abs().max() > 1e-3  # trained (zero-initialised head)
     for k in a:  # same data per step, no dropout: DDP-averaged gradients = one-process gradients
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
     la, lb = read_metrics(tmp_path / "ddp" / "metrics.jsonl"), read_metrics(tmp_path / "one" / "metrics.jsonl")
@@ -240,3 +241,34 @@ def test_fsdp_policy_wraps_each_transformer_block():
     wrapped = [m for m in model.modules() if policy(module=m, recurse=False, nonwrapped_numel=0)]
     assert len(wrapped) == model.config.n_layer and all(isinstance(m, TransformerBlock) for m in wrapped)
     assert all(policy(module=m, recurse=True, nonwrapped_numel=0) for m in model.modules())  # descends everywhere
+
+
+def test_sigterm_stops_with_a_checkpoint_and_exports_that_steps_ema(tmp_path):
+    import signal
+
+    store = make_store(tmp_path / "store")
+
+    def observer(rank, step, rows):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by the trainer: finish this step, checkpoint, stop
+
+    res = train_ar(cfg_for(store, tmp_path / "run", steps=50, val_count=0), observer=observer)
+    assert res.result.interrupted and res.result.step == 2
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["interrupted"] is True and cfg["step"] == 2
+    state, _, meta = read_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    exported = load_file(tmp_path / "run" / "model.safetensors")
+    assert meta["step"] == 2 and all(torch.equal(exported[k], v) for k, v in state["ema"]["gpt"]["shadow"].items())
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    store = make_store(tmp_path / "store")
+    kw = dict(steps=3, class_dropout=0.0, dropout=0.0, val_count=4, ema_decay=0.0)  # export = live weights
+    train_ar(cfg_for(store, tmp_path / "one", **kw))
+    train_ar(cfg_for(store, tmp_path / "two", grad_accum=2, **kw))
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert not torch.equal(a["output.weight"], torch.zeros_like(a["output.weight"]))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    la, lb = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert [r["loss_gpt"] for r in la] == pytest.approx([r["loss_gpt"] for r in lb], abs=1e-5)

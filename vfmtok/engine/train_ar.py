@@ -554,6 +554,7 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
         log.info("train-ar: %s, %d params, %d steps (%d per epoch), out %s", cfg.model,
                  model.num_params(), total_steps, steps_per_epoch, out)
     accelerator.wait_for_everyone()
+    clock["t"] = time.perf_counter()  # throughput windows exclude the set-up
     result = trainer.fit(resume=cfg.resume)
 
     if accelerator.is_main_process:
