@@ -83,10 +83,13 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, method: Literal["
             covmean = covmean.real
         return float(np.trace(covmean))
     if method == "eigh":
-        eigenvalues = np.linalg.eigh(sigma1)
-        root1 = (eigenvalues.eigenvectors * np.sqrt(np.clip(eigenvalues.eigenvalues, 0, None))) @ eigenvalues.eigenvectors.T
-        inner = root1 @ sigma2 @ root1
-        return float(np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum())
+        import torch  # float64 LAPACK through torch (MKL), ~1.7x faster than numpy's OpenBLAS here
+
+        s1, s2 = torch.from_numpy(np.ascontiguousarray(sigma1)), torch.from_numpy(np.ascontiguousarray(sigma2))
+        values, vectors = torch.linalg.eigh(s1)
+        root1 = (vectors * values.clamp_min(0).sqrt()) @ vectors.T
+        inner = root1 @ s2 @ root1
+        return float(torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0).sqrt().sum())
     if method == "eig":
         eigenvalues = np.linalg.eigvals(sigma1.dot(sigma2))
         return float(np.sqrt(np.clip(eigenvalues.real, 0, None)).sum())
