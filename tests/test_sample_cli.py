@@ -232,6 +232,10 @@ def test_latest_run_discovery_and_tokenizer_resolution(models, tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer recorded"):
         sj.resolve_checkpoints(bare, None)
     assert sj.resolve_checkpoints(bare, models / "tok").tokenizer_file == models / "tok" / "tokenizer.safetensors"
+    (tmp_path / "store").mkdir()  # no "tokenizer" entry: the token store manifest names it
+    (tmp_path / "store" / "manifest.json").write_text(json.dumps({"tokenizer": {"path": str(models / "tok")}}))
+    (bare / "config.json").write_text(json.dumps({**cfg, "token_store": "../store"}))
+    assert sj.resolve_checkpoints(bare, None).tokenizer == models / "tok"
     with pytest.raises(FileNotFoundError, match="--tokenizer vfmtok-tokenizer.pt"):
         sj.resolve_checkpoints(_fake_official(tmp_path), None)
 

@@ -269,8 +269,9 @@ def _tokenizer_weights(path: Path) -> Path:
 def resolve_checkpoints(ckpt: str | Path | None, tokenizer: str | Path | None, runs_root: str | Path = "runs") -> Checkpoints:
     """Find the GPT and the tokenizer (rules in the module docstring).
 
-    The run's "tokenizer" entry, when relative, is looked up relative to the run folder, then to the current
-    directory.
+    Without `tokenizer`, the run's "tokenizer" entry (a path, or a dict with "path"/"file") is used, else the
+    "path" recorded in the manifest of the run's "token_store"; a relative path is looked up relative to the
+    run folder, then to the current directory.
 
     Raises:
         FileNotFoundError: a path that does not exist; no tokenizer given and none recorded (explains
@@ -288,6 +289,10 @@ def resolve_checkpoints(ckpt: str | Path | None, tokenizer: str | Path | None, r
         recorded = (run_cfg or {}).get("tokenizer")
         if isinstance(recorded, dict):
             recorded = recorded.get("path") or recorded.get("file")
+        store = (run_cfg or {}).get("token_store")
+        if not recorded and isinstance(store, str):  # fall back to the token store's own record
+            store_path = Path(store) if Path(store).is_absolute() else (gpt if gpt.is_dir() else gpt.parent) / store
+            recorded = ((_read_json(store_path / "manifest.json") or {}).get("tokenizer") or {}).get("path")
         if not recorded:
             hint = (" (the authors' GPT-*.pt does not name its tokenizer: pass --tokenizer vfmtok-tokenizer.pt)"
                     if run_cfg is None else "")
@@ -324,11 +329,13 @@ def check_compatible(gpt_cfg: Any, tok_cfg: Any, gpt_src: Path, tok_src: Path) -
                          f"tokenizer {tok_src} decodes {tok_cfg.num_tokens}: they were not trained together")
 
 
-def verify_tokenizer_sha(run_cfg: dict[str, Any] | None, tok_sha: str, tok_src: Path) -> bool | None:
+def verify_tokenizer_sha(run_cfg: dict[str, Any] | None, tok_sha: str, tok_src: Path, run_dir: Path | None = None
+                         ) -> bool | None:
     """Compare the run's recorded "tokenizer_sha256" with the tokenizer file's sha256.
 
     Accepted: equal to the file sha256; or equal to the token store's tokenizer fingerprint ("weights_sha256"
-    in `<token_store>/manifest.json`) when that manifest's "file_sha256" is this file's.
+    in `<token_store>/manifest.json`, a relative token_store taken from `run_dir`) when that manifest's
+    "file_sha256" is this file's.
 
     Returns:
         True (verified), None (nothing recorded).
@@ -342,6 +349,8 @@ def verify_tokenizer_sha(run_cfg: dict[str, Any] | None, tok_sha: str, tok_src: 
     if recorded == tok_sha:
         return True
     store = (run_cfg or {}).get("token_store")
+    if isinstance(store, str) and not Path(store).is_absolute() and run_dir is not None:
+        store = str(run_dir / store)
     manifest = _read_json(Path(store) / "manifest.json") if isinstance(store, str) else None
     tok_info = (manifest or {}).get("tokenizer") or {}
     if tok_info.get("file_sha256") == tok_sha and tok_info.get("weights_sha256") == recorded:
@@ -546,7 +555,7 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
 
     shas = (sha256_file(ck.gpt_file), sha256_file(ck.tokenizer_file)) if rank == 0 else None
     gpt_sha, tok_sha = _broadcast(shas, world)
-    verified = verify_tokenizer_sha(ck.run_config, tok_sha, ck.tokenizer)
+    verified = verify_tokenizer_sha(ck.run_config, tok_sha, ck.tokenizer, ck.gpt if ck.gpt.is_dir() else ck.gpt.parent)
     n, d = opts.num_samples, opts.decode_batch
     settings = json.loads(json.dumps({
         "gpt_sha256": gpt_sha, "tokenizer_sha256": tok_sha, "num_samples": n,
