@@ -117,16 +117,22 @@ def test_two_process_ddp_sees_disjoint_data_and_matches_one_process(tmp_path):
         from vfmtok.engine.train_ar import train_ar
         from pathlib import Path
         seen = []
-        cfg = cfg_for(Path(sys.argv[1]), Path(sys.argv[2]), steps=4, class_dropout=0.0, dropout=0.0, ema_decay=0.0)
-        train_ar(cfg, observer=lambda rank, step, rows: seen.append((step, rows.tolist())))
+        cfg = cfg_for(Path(sys.argv[1]), None, steps=4, class_dropout=0.0, dropout=0.0, ema_decay=0.0)
+        res = train_ar(cfg, observer=lambda rank, step, rows: seen.append((step, rows.tolist())))
         Path(sys.argv[2], "seen" + os.environ["RANK"] + ".json").write_text(repr(seen))
+        Path(sys.argv[2], "out" + os.environ["RANK"] + ".txt").write_text(str(res.out))
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", str(29500 + os.getpid() % 1000), str(script), str(store),
-                           str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=300)
+                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    seen = [dict((s, set(r)) for s, r in eval((tmp_path / "ddp" / f"seen{k}.json").read_text())) for k in (0, 1)]
+    # default --out (runs/ar-<timestamp> under the working directory), agreed by both ranks
+    outs = {(tmp_path / f"out{k}.txt").read_text() for k in (0, 1)}
+    runs = list((tmp_path / "runs").glob("ar-*"))
+    assert len(outs) == 1 and len(runs) == 1 and outs == {str(runs[0])}
+    (tmp_path / "ddp").symlink_to(runs[0])
+    seen = [dict((s, set(r)) for s, r in eval((tmp_path / f"seen{k}.json").read_text())) for k in (0, 1)]
     single: list = []
     train_ar(cfg_for(store, tmp_path / "one", steps=4, class_dropout=0.0, dropout=0.0, ema_decay=0.0),
              observer=lambda rank, step, rows: single.append((step, set(rows.tolist()))))
