@@ -294,10 +294,11 @@ def resolve_checkpoints(ckpt: str | Path | None, tokenizer: str | Path | None, r
             store_path = Path(store) if Path(store).is_absolute() else (gpt if gpt.is_dir() else gpt.parent) / store
             recorded = ((_read_json(store_path / "manifest.json") or {}).get("tokenizer") or {}).get("path")
         if not recorded:
-            hint = (" (the authors' GPT-*.pt does not name its tokenizer: pass --tokenizer vfmtok-tokenizer.pt)"
-                    if run_cfg is None else "")
-            raise FileNotFoundError(f"--ckpt {gpt}: no tokenizer recorded in its config.json; pass --tokenizer "
-                                    f"RUN_OR_FILE{hint}")
+            if gpt_file.suffix not in (".safetensors",):
+                raise FileNotFoundError(f"--ckpt {gpt}: the authors' GPT-*.pt does not name its tokenizer; pass "
+                                        "--tokenizer vfmtok-tokenizer.pt (or a tokenizer run)")
+            raise FileNotFoundError(f"--ckpt {gpt}: no tokenizer recorded in its config.json (keys 'tokenizer' or "
+                                    "'token_store'); pass --tokenizer RUN_OR_FILE")
         rec = Path(recorded)
         base = gpt if gpt.is_dir() else gpt.parent
         candidates = [rec] if rec.is_absolute() else [base / rec, rec]
