@@ -28,7 +28,18 @@ import torch
 from vfmtok.metrics.precision_recall import precision_recall
 n_real, n_gen, dim, block, device = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 torch.manual_seed(0)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status_kib(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1])
+    return None
+try:  # reset the peak-RSS watermark (Linux), so the peak covers only the P/R run
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    use_proc = status_kib("VmHWM") is not None
+except OSError:
+    use_proc = False
+base = status_kib("VmRSS") if use_proc else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 real = torch.rand(n_real, dim, device=device)
 gen = torch.rand(n_gen, dim, device=device) * 1.05
 if device.startswith("cuda"):
@@ -39,7 +50,7 @@ seconds = time.perf_counter() - start
 if device.startswith("cuda"):
     peak = torch.cuda.max_memory_allocated()
 else:
-    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
+    peak = ((status_kib("VmHWM") if use_proc else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) - base) * 1024
 print(json.dumps({"n_real": n_real, "n_gen": n_gen, "block": block, "peak_bytes": peak, "seconds": seconds,
                   "precision": p, "recall": r}))
 """
