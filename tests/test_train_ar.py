@@ -278,3 +278,14 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
     la, lb = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
     assert [r["loss_gpt"] for r in la] == pytest.approx([r["loss_gpt"] for r in lb], abs=1e-5)
+
+
+def test_grad_checkpointing_trains_the_same_weights(tmp_path):
+    store = make_store(tmp_path / "store")
+    kw = dict(steps=3, val_count=4, ema_decay=0.0)  # dropouts on: checkpointing must replay the same masks
+    train_ar(cfg_for(store, tmp_path / "plain", **kw))
+    train_ar(cfg_for(store, tmp_path / "ckpt", grad_checkpointing=True, **kw))
+    a, b = load_file(tmp_path / "plain" / "model.safetensors"), load_file(tmp_path / "ckpt" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["train"]["grad_checkpointing"] is True

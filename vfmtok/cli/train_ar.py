@@ -71,7 +71,7 @@ def command(
         "--init-from", help="Start from GPT weights (run dir, .safetensors, or the authors' GPT-*.pt).")] = None,
     peak_tflops: Annotated[Optional[float], typer.Option(
         "--peak-tflops", help="Device peak TFLOP/s per process for the MFU estimate (default: built-in GPU table).")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar and log lines.")] = True,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar or log lines.")] = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     mixed_precision: PrecisionOpt = MixedPrecision.bf16,
@@ -92,7 +92,7 @@ def command(
         save_every=save_every, keep_last=keep_last, log_every=log_every, resume=resume, num_workers=num_workers,
         compile=compile_, grad_checkpointing=grad_checkpointing, class_dropout=class_dropout, dropout=dropout,
         skip_nonfinite=skip_nonfinite, seed=seed, device=device, mixed_precision=mixed_precision.value,
-        init_from=init_from, peak_tflops=peak_tflops, progress=progress,
+        init_from=init_from, peak_tflops=peak_tflops, progress=not no_progress,
         command=_command_line(ctx),
     )
     try:

@@ -89,7 +89,7 @@ class TrainARConfig:
         save_every, keep_last, log_every: checkpoint / logging periods (steps) and checkpoints kept.
         resume: continue from the latest checkpoint in `out`.
         num_workers: DataLoader workers per rank.
-        compile: `nn.Module.compile()` the GPT (state-dict keys unchanged).
+        compile: `nn.Module.compile()` each transformer block (state-dict keys unchanged).
         grad_checkpointing: recompute each transformer block in the backward pass.
         class_dropout: probability of the null class in training (CFG); dropout: token/residual/FFN dropout
             (None keeps the preset's 0.1).
@@ -498,8 +498,9 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
     fused = accelerator.device.type == "cuda"
     optimizer = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
                                   fused=fused or None)
-    if cfg.compile:
-        model.compile()
+    if cfg.compile:  # per block: GPT.forward's id range checks (host syncs) stay outside the compiled graphs
+        for layer in model.layers:
+            layer.compile()
     dataset = ARTokens(info.path, train_idx, cfg.seed, info.num_augmentations)
     tcfg = TrainerConfig(out_dir=out, total_steps=total_steps, global_batch=cfg.batch_size,
                          grad_accum=cfg.grad_accum, save_every=cfg.save_every, keep_last=cfg.keep_last,
