@@ -270,8 +270,14 @@ def test_sigterm_stops_with_a_checkpoint_and_exports_that_steps_ema(tmp_path):
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     store = make_store(tmp_path / "store")
     kw = dict(steps=3, class_dropout=0.0, dropout=0.0, val_count=4, ema_decay=0.0)  # export = live weights
-    train_ar(cfg_for(store, tmp_path / "one", **kw))
+    train_ar(cfg_for(store, tmp_path / "one", peak_tflops=0.5, **kw))
     train_ar(cfg_for(store, tmp_path / "two", grad_accum=2, **kw))
+    # MFU = tokens/s x FLOPs/token / peak, FLOPs/token in closed form for GPT-tiny (dim 64, 2 layers, FFN 256)
+    dim, layers, hidden, seq = 64, 2, 256, GRID * GRID
+    flops = 3 * (2 * (layers * (4 * dim * dim + 3 * dim * hidden) + dim * VOCAB) + 4 * layers * seq * dim)
+    one = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    assert json.loads((tmp_path / "one" / "config.json").read_text())["train"]["flops_per_token"] == flops
+    assert all(r["mfu"] == pytest.approx(r["tokens_per_s"] * flops / 0.5e12, rel=1e-9) for r in one)
     a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     assert not torch.equal(a["output.weight"], torch.zeros_like(a["output.weight"]))
     for k in a:
