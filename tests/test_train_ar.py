@@ -148,6 +148,10 @@ def test_two_process_ddp_sees_disjoint_data_and_matches_one_process(tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
     la, lb = read_metrics(tmp_path / "ddp" / "metrics.jsonl"), read_metrics(tmp_path / "one" / "metrics.jsonl")
     assert [r["loss_gpt"] for r in la] == pytest.approx([r["loss_gpt"] for r in lb], abs=1e-5)
+    # validation sharded over the two ranks (2 images each) = one process over all 4
+    va, vb = [r.get("val_loss") for r in la], [r.get("val_loss") for r in lb]
+    assert va[1] is not None and [v is None for v in va] == [v is None for v in vb]
+    assert [v for v in va if v is not None] == pytest.approx([v for v in vb if v is not None], abs=1e-5)
 
 
 def _cli(*args: str):
