@@ -224,6 +224,9 @@ def test_cli_run_dir_loads_and_records_provenance(tmp_path):
     recs = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in recs] == list(range(1, 7)) and [r["epoch"] for r in recs] == [0, 0, 0, 1, 1, 1]
     assert all(r["mfu"] is None and r["tokens_per_s"] > 0 and r["lr_gpt"] == 2e-3 for r in recs)
+    again = _cli("--tokens", str(store), "--out", str(out), "--model", "GPT-tiny", "--steps", "8", "--batch-size",
+                 "8", "--val-count", "4", "--device", "cpu", "--no-progress")
+    assert again.exit_code == 2 and "already holds a train-ar run; pass --resume" in again.output
     # resuming the same run with another model is refused
     bad = _cli("--tokens", str(store), "--out", str(out), "--model", "GPT-B", "--steps", "8", "--batch-size", "8",
                "--val-count", "4", "--resume", "--device", "cpu", "--no-progress")

@@ -97,7 +97,7 @@ def command(
     )
     try:
         res = train_ar(cfg)
-    except (TokenStoreError, FileNotFoundError, KeyError, ValueError, NonFiniteLossError) as err:
+    except (TokenStoreError, FileNotFoundError, FileExistsError, KeyError, ValueError, NonFiniteLossError) as err:
         fail(str(err).strip("'\""))
     if res.result.interrupted:
         typer.echo(f"interrupted at step {res.result.step}; EMA weights of that step in {res.out}; continue with "

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from vfmtok.data import token_store as ts
 from vfmtok.engine.accel import make_accelerator
+from vfmtok.engine.checkpoint import latest_checkpoint
 from vfmtok.engine.trainer import StepOutput, Trainer, TrainerConfig, TrainResult
 from vfmtok.models.gpt import GPT, TransformerBlock, create_gpt, load_gpt, save_gpt
 
@@ -433,6 +434,7 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
 
     Raises:
         ValueError: bad options. FileNotFoundError: no store / no checkpoint to resume.
+        FileExistsError: `out` already holds a run and `resume` is False.
         TokenStoreError: bad store or model/store size mismatch (all before the first step).
         vfmtok.engine.trainer.NonFiniteLossError: a non-finite loss without skip_nonfinite.
     """
@@ -482,6 +484,10 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
                           num_params=model.num_params())
     settings = _json({"gpt_config": gpt_config, **_provenance(info), "train": train_settings})
     settings_file = out / SETTINGS_FILE
+    if not cfg.resume and (settings_file.exists() or latest_checkpoint(out / "checkpoints") is not None):
+        raise FileExistsError(f"{out} already holds a train-ar run; pass --resume to continue it or choose another "
+                              "--out")
+    accelerator.wait_for_everyone()  # every rank has checked before rank 0 writes train_settings.json
     if cfg.resume:
         if not settings_file.is_file():
             raise FileNotFoundError(f"--resume: {settings_file} not found; {out} is not a train-ar run")
