@@ -139,3 +139,19 @@ def test_codebook_usage_window_counts_distinct_recent_codes():
     for chunk in stream.split(5):
         b.update(chunk)
     assert a.usage() == b.usage() == len(set(stream[-16:].tolist())) / 10
+
+
+def test_augmented_images_depend_only_on_seed_epoch_position_and_plain_items_adapter():
+    from PIL import Image
+
+    from vfmtok.engine.data import AugmentedImages, PlainItems
+
+    rng = np.random.default_rng(0)
+    base = [(Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)), 3)]
+    aug = AugmentedImages(base, size=32, seed=1)
+    a, label, index = aug[(0, 2, 5)]
+    assert a.shape == (3, 32, 32) and a.dtype == torch.float32 and label == 3 and index == 0
+    assert a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, aug[(0, 2, 5)][0])  # deterministic
+    assert not torch.equal(a, aug[(0, 3, 5)][0]) or not torch.equal(a, aug[(0, 2, 6)][0])
+    assert PlainItems(["x", "y"])[(1, 0, 9)] == "y" and len(PlainItems(["x", "y"])) == 2

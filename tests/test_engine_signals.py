@@ -15,6 +15,9 @@ import torch
 
 from vfmtok.engine.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
 
+sys.path.insert(0, str(Path(__file__).parent))
+from engine_toy import build  # noqa: E402
+
 TESTS = Path(__file__).parent
 TOY = TESTS / "engine_toy.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
@@ -44,9 +47,8 @@ def test_sigterm_writes_a_loadable_checkpoint_and_run_resumes(tmp_path):
     assert ckpt.name == f"step_{meta['step']:08d}" and "net.0.weight" in state["models"]["gen"]
     steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == meta["step"]
-    done = subprocess.run([sys.executable, str(TOY), str(out), "--steps", str(meta["step"] + 2), "--save-every", "0",
-                           "--resume"], env=ENV, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and f"done step={meta['step'] + 2}" in done.stdout, done.stderr
+    resumed = build(out, steps=meta["step"] + 2, save_every=0)
+    assert resumed.fit(resume=True).step == meta["step"] + 2
 
 
 def test_kill_during_checkpoint_write_leaves_previous_checkpoint_intact(tmp_path):
@@ -73,9 +75,7 @@ def test_kill_during_checkpoint_write_leaves_previous_checkpoint_intact(tmp_path
     assert (out / "checkpoints" / ".tmp-step_00000004").is_dir()  # the torn write stays hidden
     state, _, meta = read_checkpoint(latest_checkpoint(out / "checkpoints"))
     assert meta["step"] == 2 and state["models"]["gen"]["net.0.weight"].shape == (16, 6)
-    resumed = subprocess.run([sys.executable, str(TOY), str(out), "--steps", "4", "--resume"], env=ENV,
-                             capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr
+    assert build(out, steps=4, save_every=2).fit(resume=True).step == 4
     assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [2, 4]
     assert not (out / "checkpoints" / ".tmp-step_00000004").exists()
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from enum import Enum
@@ -105,6 +106,8 @@ def command(
         fail(str(err), code=1)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError) as err:
         fail(str(err).strip("'\""))
+    if int(os.environ.get("RANK", "0")) != 0:  # one report per job under torchrun / accelerate launch
+        sys.exit(128 + result.signal if result.interrupted and result.signal else 0)
     if result.interrupted:
         name = signal.Signals(result.signal).name if result.signal else "signal"
         typer.echo(f"interrupted by {name} at step {result.step}; checkpoint {result.checkpoint}; "

@@ -92,3 +92,17 @@ def make_loader(
         persistent_workers=False,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+class PlainItems(Dataset):
+    """Adapter for datasets without augmentation (e.g. a token store in `train-ar`): the sampler's
+    `(index, epoch, position)` item -> `base[index]`; epoch and position are ignored."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: int | tuple[int, int, int]):
+        return self.base[item if isinstance(item, int) else item[0]]
