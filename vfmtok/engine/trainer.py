@@ -325,7 +325,10 @@ class Trainer:
             else:
                 norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().float().norm() for p in params]))
             record[f"grad_norm_{name}"] = float(norm)
-        bad = [k for k, v in record.items() if (k.startswith("loss_") or k.startswith("grad_norm_")) and not math.isfinite(v)]
+        # with fp16 loss scaling, inf gradients are expected while the scale calibrates: the GradScaler skips those
+        # updates itself, so only the losses are checked then
+        checked = ("loss_",) if getattr(self.accelerator, "scaler", None) is not None else ("loss_", "grad_norm_")
+        bad = [k for k, v in record.items() if k.startswith(checked) and not math.isfinite(v)]
         if bad:
             for opt in self.optimizers.values():
                 opt.zero_grad(set_to_none=True)
