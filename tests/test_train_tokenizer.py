@@ -112,7 +112,7 @@ def test_existing_run_needs_resume(photos, tmp_path):
 
 @pytest.mark.slow
 def test_tiny_tokenizer_learns_to_reconstruct_real_photos(tmp_path):
-    """Overfitting 4 real photos: reconstruction PSNR of the exported (EMA) tokenizer rises by > 2 dB in 30 steps."""
+    """Overfitting 4 real photos: reconstruction PSNR of the exported (EMA) tokenizer rises by > 1.5 dB in 20 steps."""
     import shutil
 
     import vfmtok
@@ -137,11 +137,11 @@ def test_tiny_tokenizer_learns_to_reconstruct_real_photos(tmp_path):
     torch.manual_seed(0)  # the trainer seeds its model init with --seed 0 the same way
     before = psnr(vfmtok.create_tokenizer("tiny", image_size=56, pixel_ch_mult=(1, 1, 2, 2)))
     run = tmp_path / "run"
-    args = ["train-tokenizer", str(data), "--out", str(run), *SMALL, "--steps", "30", "--batch-size", "4",
+    args = ["train-tokenizer", str(data), "--out", str(run), *SMALL, "--steps", "20", "--batch-size", "4",
             "--lr", "3e-3", "--warmup-steps", "0", "--ema-decay", "0", "--perceptual-weight", "0", "--disc", "none",
             "--save-every", "0", "--grid-every", "0", "--num-workers", "0", "--no-progress", "--device", "cpu"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, (result.output, result.exception)
     after = psnr(vfmtok.load_tokenizer(run))
-    print(f"PSNR before {before:.2f} dB, after 30 steps {after:.2f} dB")
-    assert after > before + 2.0
+    print(f"PSNR before {before:.2f} dB, after 20 steps {after:.2f} dB")
+    assert after > before + 1.5
