@@ -93,7 +93,7 @@ def nearest_class_mean(train_feats: np.ndarray, train_labels: np.ndarray, sample
 
 
 def class_check(samples_npz: Path, train_dir: Path, inception_weights: Optional[Path] = None,
-                tokenizer: Optional[Path] = None, per_class: int = 16) -> dict:
+                tokenizer: Optional[Path] = None, per_class: int = 8) -> dict:
     """Fraction of samples whose nearest training-class mean is their own class.
 
     Args:
@@ -146,7 +146,7 @@ def class_check_cmd(
     train: Annotated[Path, typer.Argument(help="prepared training data folder")],
     inception_weights: Annotated[Optional[Path], typer.Option("--inception-weights")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer")] = None,
-    per_class: Annotated[int, typer.Option("--per-class")] = 16,
+    per_class: Annotated[int, typer.Option("--per-class")] = 8,
     json_out: Annotated[Optional[Path], typer.Option("--json")] = None,
 ) -> None:
     """Assign each sample to the nearest training-class mean; print the fraction assigned to its own class."""

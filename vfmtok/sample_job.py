@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from vfmtok.hashing import sha256_file
 from vfmtok.sampling import SCHEDULES, cfg_scales
 
 GPT_FORMAT = "vfmtok.gpt"
@@ -211,13 +212,6 @@ class Checkpoints:
     chosen_automatically: bool = False
 
 
-def sha256_file(path: str | Path, chunk: int = 16 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

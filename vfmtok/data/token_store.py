@@ -20,7 +20,6 @@ not only the done-mask. Format description: docs/token_store.md.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+
+from vfmtok.hashing import sha256_file
 
 __all__ = [
     "FORMAT",
@@ -434,13 +435,6 @@ def validate_store(out: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def sha256_file(path: str | Path, chunk: int = 16 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

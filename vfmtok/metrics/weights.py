@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from vfmtok.hashing import sha256_file
+
 __all__ = [
     "ENV_VAR",
     "HUB_FILENAMES",
@@ -86,13 +88,6 @@ class InceptionWeights:
         return self.origin == "published-name-prefix-match" and self.has_fc
 
 
-def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
-    """sha256 hex digest of a file, read in 4 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def hub_checkpoint_dir() -> Path:
