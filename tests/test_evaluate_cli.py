@@ -167,3 +167,46 @@ def test_missing_weights_message_is_clear(batches, tmp_path):
     assert result.exit_code == 2
     assert "FID Inception weights not found" in result.output and "pt_inception-2015-12-05-6726825d.pth" in result.output
     assert result.output.count("error:") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer mode: --encoder-weights reaches the frozen encoder
+# ---------------------------------------------------------------------------------------------
+def test_tokenizer_mode_uses_encoder_weights_file(batches, tmp_path):
+    from PIL import Image
+
+    import vfmtok
+    from vfmtok.models.tokenizer import save_tokenizer
+
+    _, weights, _, _ = batches
+    torch.manual_seed(0)
+    tok = vfmtok.create_tokenizer("tiny")
+    save_tokenizer(tok, tmp_path / "run")
+    same = {k: v.clone() for k, v in tok.vfm.model.state_dict().items()}
+    torch.save(same, tmp_path / "enc_same.pth")
+    torch.save({k: v + 0.5 * torch.randn_like(v) if v.is_floating_point() else v for k, v in same.items()},
+               tmp_path / "enc_other.pth")
+    rng = np.random.default_rng(0)
+    for c, wnid in enumerate(["n01440764", "n01443537"]):
+        (tmp_path / "data" / wnid).mkdir(parents=True)
+        for j in range(2):
+            Image.fromarray(rng.integers(0, 256, (120, 130, 3), dtype=np.uint8)).save(
+                tmp_path / "data" / wnid / f"{j}.png")
+
+    def run(*extra):
+        out = tmp_path / f"r{len(list(tmp_path.glob('r*.json')))}.json"
+        result = _run(["--tokenizer", tmp_path / "run", "--data", tmp_path / "data", "--inception-weights", weights,
+                       "--fid-method", "eigh", "--batch-size", 4, "--json", out, *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(out.read_text())
+
+    base = run()
+    with_same = run("--encoder-weights", tmp_path / "enc_same.pth")
+    with_other = run("--encoder-weights", tmp_path / "enc_other.pth")
+    assert with_same["psnr"] == base["psnr"] and with_same["rfid"] == base["rfid"]
+    assert with_other["psnr"] != base["psnr"]
+
+    missing = _run(["--tokenizer", tmp_path / "run", "--data", tmp_path / "data", "--inception-weights", weights,
+                    "--encoder-weights", tmp_path / "nope.pth"])
+    assert missing.exit_code != 0
+    assert "nope.pth" in missing.output

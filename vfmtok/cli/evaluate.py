@@ -34,6 +34,9 @@ def command(
     data: Annotated[Optional[Path], typer.Option(
         "--data", help="Tokenizer mode: prepared data folder or image folder (val split) of ground-truth images.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=2, help="Tokenizer mode: only the first N images.")] = None,
+    encoder_weights: Annotated[Optional[Path], typer.Option(
+        "--encoder-weights", help="Tokenizer mode: frozen-encoder weights (dinov2_vitl14_reg4_pretrain.pth) for a "
+                                  "tokenizer file without them, e.g. the authors' vfmtok-tokenizer.pt.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the reference statistics cache.")] = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -50,7 +53,7 @@ def command(
         if tokenizer is None or data is None or samples is not None or ref is not None:
             fail("tokenizer mode takes exactly --tokenizer RUN --data DATA (no SAMPLES.npz / --ref)")
         _tokenizer_mode(tokenizer, data, inception_weights, json_out, batch_size, limit, device,
-                        None if no_is_shuffle else is_shuffle_seed, fid_method)
+                        None if no_is_shuffle else is_shuffle_seed, fid_method, encoder_weights)
         return
     if samples is None or ref is None:
         fail("usage: vfmtok evaluate SAMPLES.npz --ref REF.npz, or vfmtok evaluate --tokenizer RUN --data DATA")
@@ -90,7 +93,7 @@ def command(
 
 def _tokenizer_mode(tokenizer: Path, data: Path, inception_weights: Optional[Path], json_out: Optional[Path],
                     batch_size: int, limit: Optional[int], device: str, is_shuffle_seed: Optional[int],
-                    fid_method: str) -> None:
+                    fid_method: str, encoder_weights: Optional[Path] = None) -> None:
     """`--tokenizer RUN --data DATA`: rFID, rIS, PSNR, SSIM, codebook usage (see docs/evaluate.md)."""
     from vfmtok.metrics.tokenizer_eval import evaluate_tokenizer
     from vfmtok.metrics.weights import InceptionWeightsError, InceptionWeightsNotFound
@@ -98,7 +101,8 @@ def _tokenizer_mode(tokenizer: Path, data: Path, inception_weights: Optional[Pat
     try:
         result = evaluate_tokenizer(str(tokenizer), str(data), inception_weights=inception_weights,
                                     batch_size=batch_size, limit=limit, device=device,
-                                    is_shuffle_seed=is_shuffle_seed, fid_method=fid_method)
+                                    is_shuffle_seed=is_shuffle_seed, fid_method=fid_method,
+                                    encoder_weights=None if encoder_weights is None else str(encoder_weights))
     except (FileNotFoundError, InceptionWeightsNotFound, InceptionWeightsError, ValueError) as err:
         fail(str(err))
     typer.echo(f"tokenizer: {tokenizer}  image size {result['image_size']}  codebook {result['codebook_size']}")

@@ -125,6 +125,7 @@ def evaluate_tokenizer(
     is_shuffle_seed: int | None = DEFAULT_SHUFFLE_SEED,
     fid_method: Literal["sqrtm", "eig", "eigh"] = "sqrtm",
     progress: bool = True,
+    encoder_weights: str | None = None,
 ) -> dict:
     """Load a tokenizer and a dataset, run :func:`evaluate_reconstructions`, add provenance.
 
@@ -132,6 +133,8 @@ def evaluate_tokenizer(
         tokenizer_path: run directory, ``.safetensors`` or the authors' ``.pt`` (``vfmtok.load_tokenizer``).
         data_path: prepared data folder (``prepare-data`` output with ``manifest.json``) or an image folder
             (class folders / ImageNet root, val split). Images are ADM-centre-cropped at the tokenizer size.
+        encoder_weights: frozen-encoder weights file (e.g. ``dinov2_vitl14_reg4_pretrain.pth``) for a tokenizer
+            file that does not carry them (the authors' ``vfmtok-tokenizer.pt``); None = the run's own setting.
         limit: evaluate only the first ``limit`` images (the official protocol uses all 50 000 val images).
         Other args: as :func:`vfmtok.metrics.evaluate.evaluate_samples`.
 
@@ -153,7 +156,7 @@ def evaluate_tokenizer(
     from vfmtok.metrics.weights import load_inception_weights
 
     dev = resolve_device(device) if isinstance(device, str) else device
-    tokenizer = vfmtok.load_tokenizer(tokenizer_path, map_location=dev)
+    tokenizer = vfmtok.load_tokenizer(tokenizer_path, encoder_weights=encoder_weights, map_location=dev)
     size, codebook_size = tokenizer.config.image_size, tokenizer.config.codebook_size
     transform = AdmCenterCrop(size)
     root = Path(data_path)
