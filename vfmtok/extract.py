@@ -29,7 +29,6 @@ import hashlib
 import inspect
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from vfmtok.configs import config_to_dict
 from vfmtok.data import token_store as ts
 from vfmtok.data.crops import adm_center_crop, ten_crop
 from vfmtok.device import autocast, autocast_dtype, resolve_device
+from vfmtok.distributed import barrier, broadcast, init_from_env
 
 __all__ = [
     "AUGMENTATIONS",
@@ -257,41 +257,8 @@ def tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-# ---------------------------------------------------------------------------------------------
-# Distribution helpers (torchrun / accelerate launch set RANK, WORLD_SIZE, LOCAL_RANK)
-# ---------------------------------------------------------------------------------------------
-def _dist_context() -> tuple[int, int, int, bool]:
-    """(rank, world_size, local_rank, created); initialises a gloo process group under a launcher.
-
-    `created` is True when this call made the group (the caller destroys it at the end).
-    """
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    created = False
-    if world > 1 and not (dist.is_available() and dist.is_initialized()):
-        dist.init_process_group(backend="gloo")  # only barriers and small object broadcasts are needed
-        created = True
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), created
-    return 0, 1, 0, False
 
 
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _broadcast(value: Any, world: int) -> Any:
-    if world == 1:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +389,7 @@ def extract_tokens(
     if num_images < 1:
         raise ValueError("the source holds no images")
     out = Path(out)
-    rank, world, local_rank, created = _dist_context()
+    rank, world, local_rank, created = init_from_env()
     try:
         return _extract(source, out, tokenizer, opts, tokenizer_info, command, on_batch, rank, world, local_rank)
     finally:
@@ -496,13 +463,13 @@ def _extract(source: ImageSource, out: Path, tokenizer: Any, opts: ExtractOption
             state = _prepare_store(out, layout, manifest, opts.overwrite)
         except StoreMismatchError as err:
             state = err
-    state = _broadcast(state if rank == 0 else None, world)
+    state = broadcast(state if rank == 0 else None, world)
     if isinstance(state, Exception):
         raise state
     if state == "complete":
         if rank == 0:
             print(f"{out}: token store already complete with these settings; nothing to do", file=sys.stderr)
-        _barrier(world)
+        barrier(world)
         return ts.read_manifest(out) if rank == 0 else None
 
     writer = ts.StoreWriter(out)
@@ -543,9 +510,9 @@ def _extract(source: ImageSource, out: Path, tokenizer: Any, opts: ExtractOption
         writer.close()  # marks done only rows whose codes were written (a hard kill skips this)
         if bar is not None:
             bar.close()
-    _barrier(world)
+    barrier(world)
     result = None
     if rank == 0:
         result = ts.finalize_store(out, {"command": manifest["command"], "world_size": world})
-    _barrier(world)
+    barrier(world)
     return result

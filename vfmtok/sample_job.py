@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from vfmtok.distributed import barrier, broadcast, init_from_env
 from vfmtok.hashing import sha256_file
 from vfmtok.sampling import SCHEDULES, cfg_scales
 
@@ -357,34 +358,10 @@ def verify_tokenizer_sha(run_cfg: dict[str, Any] | None, tok_sha: str, tok_src: 
 # ---------------------------------------------------------------------------------------------
 # Distribution helpers (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK)
 # ---------------------------------------------------------------------------------------------
-def _dist_setup() -> tuple[int, int, int, bool]:
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    created = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
-        created = True
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), created
-    return 0, 1, 0, False
 
 
-def _broadcast(value: Any, world: int) -> Any:
-    if world == 1:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,7 +494,7 @@ def run_sample(ckpt: str | Path | None, tokenizer: str | Path | None, out: str |
             sha mismatch. SampleDirError: `out` must not be overwritten. FileNotFoundError: missing inputs.
     """
     options.validate()
-    rank, world, local_rank, created = _dist_setup()
+    rank, world, local_rank, created = init_from_env()
     try:
         return _run(ckpt, tokenizer, out, options, encoder_weights, command, runs_root, log, rank, world, local_rank)
     finally:
@@ -549,7 +526,7 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
     amp = autocast_dtype(opts.mixed_precision, device)
 
     shas = (sha256_file(ck.gpt_file), sha256_file(ck.tokenizer_file)) if rank == 0 else None
-    gpt_sha, tok_sha = _broadcast(shas, world)
+    gpt_sha, tok_sha = broadcast(shas, world)
     verified = verify_tokenizer_sha(ck.run_config, tok_sha, ck.tokenizer, ck.gpt if ck.gpt.is_dir() else ck.gpt.parent)
     n, d = opts.num_samples, opts.decode_batch
     settings = json.loads(json.dumps({
@@ -595,7 +572,7 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
             status = ("error", f"{type(err).__name__}: {err}")
     else:
         status = ("", None)
-    status = _broadcast(status, world)
+    status = broadcast(status, world)
     if status[0] == "error":
         raise SampleDirError(status[1].split(": ", 1)[1])
     if status[0] == "complete":
@@ -607,7 +584,7 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
 
     mine = split_chunks(todo, world, rank)
     _sample_chunks(gpt.to(device), tok.to(device), labels, mine, out, opts, device, amp, rank, world)
-    _barrier(world)
+    barrier(world)
     if rank == 0:
         record = _assemble(out, labels, num_chunks, opts, record, started)
         say(f"wrote {out / NPZ_NAME} ({n} images {opts.image_size}x{opts.image_size}), {out / GRID_NAME}"
