@@ -28,3 +28,12 @@ def reference_dir() -> Path:
     if not REFERENCE.is_dir():
         pytest.skip(f"shared/reference not found at {REFERENCE}")
     return REFERENCE
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test single-threaded: tiny matmuls on a shared 2-core machine are far faster that way."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

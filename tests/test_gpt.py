@@ -16,13 +16,7 @@ from vfmtok.models.gpt import GPT, GPTConfig, create_gpt, load_gpt, rope_table_2
 OFFICIAL = ("GPT-B", "GPT-L", "GPT-XL", "GPT-XXL", "GPT-2B", "GPT-3B")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matmuls on a shared 2-core machine run far faster single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

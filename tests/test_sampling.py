@@ -16,13 +16,7 @@ RUNS = ("cfg1.0", "cfg1.5", "cfg4.0", "cfg4.0_interval50")
 NEAR_TIE = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matmuls on a shared 2-core machine run far faster single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

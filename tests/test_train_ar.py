@@ -48,12 +48,7 @@ def cfg_for(store: Path, out: Path, **kw) -> TrainARConfig:
     return TrainARConfig(**{**base, **kw})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _teacher_forced_loss(model: GPT, codes: torch.Tensor, labels: torch.Tensor) -> float:
