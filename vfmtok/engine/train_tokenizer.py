@@ -10,14 +10,24 @@ runs it and steps Adam on a zero loss, which only advances Adam's step counter).
 Outputs in RUN (DESIGN.md): `tokenizer.safetensors` (EMA weights, frozen encoder excluded) + `config.json`
 (tokenizer config + the training settings), `checkpoints/`, `metrics.jsonl`, `grids/step_*.png`,
 `train_args.json`.
+
+Debug hook (off by default): with the environment variable `VFMTOK_TRAIN_DEBUG=1`, every rank `r` also writes
+`RUN/debug/samples_rank{r}.jsonl` (one line per micro-batch: `{"step", "epoch", "micro", "indices", "labels"}` with
+1-based `step` as in metrics.jsonl and `indices` the dataset indices of the rank's micro-batch, in order; appended,
+so a resumed run continues the file) and, when the run ends, `RUN/debug/params_rank{r}.json` (`{"step", "models":
+{model: {param: sha256}}, "ema": {model: {param: sha256}}}`: SHA-256 of the raw bytes of every trainable parameter
+and EMA shadow tensor of that rank). Used by the 2-process test to show that ranks see disjoint samples and end
+with bit-identical weights.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -35,6 +45,34 @@ from vfmtok.engine.trainer import StepOutput, Trainer, TrainerConfig, TrainResul
 from vfmtok.losses import LPIPS, TokenizerLossConfig, adversarial_weight, generator_loss, hinge_d_loss
 
 log = logging.getLogger(__name__)
+
+DEBUG_ENV = "VFMTOK_TRAIN_DEBUG"  # "1": per-rank sample and parameter-digest files under RUN/debug/ (module docstring)
+
+
+def _debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+
+
+def _tensor_sha256(t: torch.Tensor) -> str:
+    """SHA-256 hex digest of the raw bytes of `t` (any dtype/device; contiguous CPU copy, dtype kept)."""
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def write_param_digests(trainer: Trainer, path: Path) -> None:
+    """Write `{"step", "models": {name: {param: sha256}}, "ema": {name: {param: sha256}}}` of this rank to `path`.
+
+    Only trainable parameters (`requires_grad=True`) of the unwrapped models and the EMA shadows are hashed (raw
+    bytes, dtype as stored), so two ranks hold bit-identical weights iff their files are equal.
+    """
+    digests = {
+        "step": trainer.step,
+        "models": {n: {k: _tensor_sha256(p) for k, p in trainer.unwrap(n).named_parameters() if p.requires_grad}
+                   for n in trainer.models},
+        "ema": {n: {k: _tensor_sha256(v) for k, v in e.shadow.items()} for n, e in trainer.emas.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
 
 
 @dataclass
@@ -117,9 +155,24 @@ class TokenizerStep:
         self.usage, self.out = usage, out
         self.preview: tuple[torch.Tensor, torch.Tensor] | None = None
         self.collapsed = False
+        self.debug = _debug_enabled()
+        self._micro = (-1, 0)  # (step, micro-batch index within it) for the debug sample log
+
+    def _log_samples(self, tr: Trainer, batch: Any) -> None:
+        """Append this rank's micro-batch (dataset indices, labels) to RUN/debug/samples_rank{r}.jsonl."""
+        micro = self._micro[1] + 1 if self._micro[0] == tr.step else 0
+        self._micro = (tr.step, micro)
+        rec = {"step": tr.step + 1, "epoch": tr.step // tr.steps_per_epoch, "micro": micro,
+               "indices": [int(i) for i in batch[2]], "labels": [int(v) for v in batch[1]]}
+        path = self.out / "debug" / f"samples_rank{tr.rank}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as fh:
+            fh.write(json.dumps(rec) + "\n")
 
     def __call__(self, tr: Trainer, batch: Any) -> StepOutput:
         images = batch[0]
+        if self.debug:
+            self._log_samples(tr, batch)
         lc = self.loss_cfg
         out = tr.models["tok"](images, return_semantic=lc.semantic_weight > 0)
         w_adv = adversarial_weight(tr.step, lc.adv_weight, lc.disc_start)
@@ -247,6 +300,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TrainResult:
     if cfg.resume and not has_ckpt and accelerator.is_main_process:
         log.warning("--resume: no checkpoint under %s yet; starting from scratch", out / "checkpoints")
     result = trainer.fit(resume=cfg.resume and has_ckpt)
+    if step.debug:
+        write_param_digests(trainer, out / "debug" / f"params_rank{trainer.rank}.json")
     if accelerator.is_main_process:
         export_ema_tokenizer(trainer, out, {"training": settings, "steps_done": result.step,
                                             "command": sys.argv, "weights": "ema"})
