@@ -61,6 +61,8 @@ def command(
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the GPT (off by default).")] = False,
     grad_checkpointing: Annotated[bool, typer.Option(
         "--grad-checkpointing", help="Recompute transformer blocks in the backward pass (less memory).")] = False,
+    fsdp: Annotated[bool, typer.Option(
+        "--fsdp", help="Shard the GPT, its EMA and AdamW over all processes (FSDP2; needs torchrun).")] = False,
     class_dropout: Annotated[float, typer.Option(
         "--class-dropout", help="Probability of the null class during training (for CFG).")] = 0.1,
     dropout: Annotated[Optional[float], typer.Option(
@@ -80,7 +82,7 @@ def command(
 
     Writes RUN/model.safetensors (EMA weights), RUN/config.json (model config + tokenizer and token-store
     provenance), RUN/checkpoints/ and RUN/metrics.jsonl. Multi-GPU / multi-node: launch with torchrun or
-    accelerate launch.
+    accelerate launch (DDP; add --fsdp to shard GPT-XXL and larger).
     """
     from vfmtok.engine.train_ar import TokenStoreError, TrainARConfig, train_ar
     from vfmtok.engine.trainer import NonFiniteLossError
@@ -90,7 +92,7 @@ def command(
         grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, betas=tuple(betas), grad_clip=grad_clip,
         ema_decay=ema_decay, val_fraction=val_fraction, val_count=val_count, val_every=val_every,
         save_every=save_every, keep_last=keep_last, log_every=log_every, resume=resume, num_workers=num_workers,
-        compile=compile_, grad_checkpointing=grad_checkpointing, class_dropout=class_dropout, dropout=dropout,
+        compile=compile_, grad_checkpointing=grad_checkpointing, fsdp=fsdp, class_dropout=class_dropout, dropout=dropout,
         skip_nonfinite=skip_nonfinite, seed=seed, device=device, mixed_precision=mixed_precision.value,
         init_from=init_from, peak_tflops=peak_tflops, progress=not no_progress,
         command=_command_line(ctx),

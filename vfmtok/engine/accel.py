@@ -1,6 +1,11 @@
-"""accelerate set-up: one process, DDP over torchrun/`accelerate launch` (multi-GPU, multi-node, CPU gloo)."""
+"""accelerate set-up: one process, DDP over torchrun/`accelerate launch` (multi-GPU, multi-node, CPU gloo).
+
+FSDP is not accelerate's FSDP plugin: the engine shards models itself (vfmtok.engine.fsdp, `train-ar --fsdp`) over
+the same process group.
+"""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -21,11 +26,16 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no", find_unu
         find_unused_parameters: DDP option, for models with parameters that get no gradient in some steps.
 
     Raises:
-        ValueError: bad device / precision names (see `vfmtok.device.resolve_device`).
+        ValueError: bad device / precision names (see `vfmtok.device.resolve_device`); an accelerate config with
+            `distributed_type: FSDP` (accelerate's FSDP plugin would wrap the models behind the engine's back).
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1", "yes"):
+        raise ValueError("accelerate's FSDP plugin (distributed_type: FSDP in the accelerate config) is not supported "
+                         "by the vfmtok engine: launch with a multi-GPU accelerate config or torchrun and pass --fsdp "
+                         "to train-ar (docs/train_ar.md, FSDP)")
     mp = getattr(mixed_precision, "value", mixed_precision)
     if mp not in ("no", "bf16", "fp16"):
         raise ValueError(f"--mixed-precision {mp!r}: expected one of no, bf16, fp16")

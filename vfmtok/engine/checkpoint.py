@@ -2,7 +2,9 @@
 
 Layout: `RUN/checkpoints/step_{N:08d}/` holding `state.pt` (module / optimizer / scheduler / EMA / extra state
 dicts, written by the main process), `rng_rank{r}.pt` (python, numpy, torch CPU and CUDA RNG states of rank r)
-and `trainer_state.json` (step, epoch, world size, global batch, time). A checkpoint is first written into a
+and `trainer_state.json` (step, epoch, world size, global batch, time); with FSDP models also `sharded/`, their
+model, optimizer and EMA state as `torch.distributed.checkpoint` (DCP) files written by every rank
+(vfmtok.engine.fsdp). A checkpoint is first written into a
 hidden temp directory `.tmp-step_*` and then renamed with `os.replace`, so a crash or kill during a write never
 leaves a partial `step_*` directory and never touches the previous checkpoints. Everything is loaded with
 `torch.load(weights_only=True)`.
@@ -19,6 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from vfmtok.engine.fsdp import SHARDED_DIR
 
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
@@ -107,12 +111,15 @@ def write_checkpoint(
     rank: int = 0,
     barrier: Callable[[], None] = lambda: None,
     keep_last: int | None = None,
+    sharded_state: Callable[[], dict[str, Any]] | None = None,
 ) -> Path:
     """Write the checkpoint of `step` atomically; collective over ranks (every rank must call it).
 
-    Rank 0 creates `.tmp-step_N`, every rank writes its `rng_rank{r}.pt`, rank 0 writes `state.pt` (from the
-    `state()` callable, called only on rank 0) and `trainer_state.json`, then renames the directory to `step_N`
-    (replacing an existing one of the same step) and removes all but the newest `keep_last` checkpoints.
+    Rank 0 creates `.tmp-step_N`, every rank writes its `rng_rank{r}.pt` (and, with `sharded_state`, its part
+    of `sharded/` through `torch.distributed.checkpoint.save` of the dict that callable returns on each rank),
+    rank 0 writes `state.pt` (from the `state()` callable, called only on rank 0) and `trainer_state.json`, then
+    renames the directory to `step_N` (replacing an existing one of the same step) and removes all but the
+    newest `keep_last` checkpoints.
 
     Returns:
         The final checkpoint directory.
@@ -127,6 +134,10 @@ def write_checkpoint(
         tmp.mkdir()
     barrier()
     _save_file(rng_state, tmp / f"rng_rank{rank}.pt")
+    if sharded_state is not None:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(sharded_state(), checkpoint_id=tmp / SHARDED_DIR)
     barrier()
     if rank == 0:
         assert state is not None
@@ -166,3 +177,19 @@ def read_checkpoint(path: str | os.PathLike, rank: int = 0) -> tuple[dict[str, A
     rng = torch.load(rng_file, map_location="cpu", weights_only=True) if rng_file.is_file() else None
     meta = json.loads((path / "trainer_state.json").read_text())
     return state, rng, meta
+
+
+def read_sharded(path: str | os.PathLike, template: dict[str, Any]) -> dict[str, Any]:
+    """Fill `template` (a dict shaped like the one given to `write_checkpoint(sharded_state=...)`, holding this
+    rank's sharded DTensors) in place from `path/sharded/`; collective (every rank calls it). Returns `template`.
+
+    Raises:
+        FileNotFoundError: the checkpoint has no `sharded/` part (it was not written by an FSDP run).
+    """
+    import torch.distributed.checkpoint as dcp
+
+    where = Path(path) / SHARDED_DIR
+    if not (where / ".metadata").is_file():
+        raise FileNotFoundError(f"{path} has no {SHARDED_DIR}/.metadata: it is not a checkpoint of an FSDP run")
+    dcp.load(template, checkpoint_id=where)
+    return template

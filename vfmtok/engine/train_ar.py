@@ -8,7 +8,9 @@ store (one augmentation per image and epoch, `vfmtok.data.token_store.augmentati
 
 Data order, resumption, signals, non-finite checks, DDP and checkpoints come from `vfmtok.engine.trainer.Trainer`.
 This module adds: store checks before any step, a fixed held-out validation split, validation losses of the live
-and EMA weights, tokens/s and an MFU estimate, run provenance (`RUN/config.json`) and the EMA export.
+and EMA weights, tokens/s and an MFU estimate, run provenance (`RUN/config.json`) and the EMA export. With
+`fsdp=True` the GPT is sharded with FSDP2, one unit per `TransformerBlock` (vfmtok.engine.fsdp: sharded EMA and
+checkpoints); the export gathers the full EMA weights, so `model.safetensors` is the same as for a DDP run.
 """
 from __future__ import annotations
 
@@ -32,8 +34,9 @@ from torch.utils.data import Dataset
 from vfmtok.data import token_store as ts
 from vfmtok.engine.accel import make_accelerator
 from vfmtok.engine.checkpoint import latest_checkpoint
+from vfmtok.engine.fsdp import is_fsdp, reshard, shard_model
 from vfmtok.engine.trainer import StepOutput, Trainer, TrainerConfig, TrainResult
-from vfmtok.models.gpt import GPT, TransformerBlock, create_gpt, load_gpt, save_gpt
+from vfmtok.models.gpt import GPT, TransformerBlock, create_gpt, load_gpt, load_state_strict, save_gpt
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,9 @@ class TrainARConfig:
         num_workers: DataLoader workers per rank.
         compile: `nn.Module.compile()` each transformer block (state-dict keys unchanged).
         grad_checkpointing: recompute each transformer block in the backward pass.
+        fsdp: shard the GPT over all processes with FSDP2 (one unit per TransformerBlock, FULL_SHARD), with a
+            sharded EMA and sharded checkpoints (`checkpoints/step_N/sharded/`); needs a distributed launch
+            (torchrun / accelerate launch). The exported weights are the full EMA, as without it.
         class_dropout: probability of the null class in training (CFG); dropout: token/residual/FFN dropout
             (None keeps the preset's 0.1).
         skip_nonfinite: skip steps with a non-finite loss/grad norm instead of stopping.
@@ -127,6 +133,7 @@ class TrainARConfig:
     num_workers: int = 2
     compile: bool = False
     grad_checkpointing: bool = False
+    fsdp: bool = False
     class_dropout: float = 0.1
     dropout: float | None = None
     skip_nonfinite: bool = False
@@ -160,6 +167,9 @@ class TrainARConfig:
                              f"{self.grad_clip} >= 0")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"--betas {self.betas}: expected two values in [0, 1)")
+        if self.fsdp and getattr(self.mixed_precision, "value", self.mixed_precision) == "fp16":
+            raise ValueError("--fsdp with --mixed-precision fp16 is not supported (fp16 loss scaling over sharded "
+                             "gradients); use bf16")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,14 +395,25 @@ class _Validator:
     def _loss(self, tr: Trainer, model: GPT) -> float:
         was_training = model.training
         model.eval()
+        fsdp = is_fsdp(model)
         mine = torch.arange(tr.rank, len(self.codes), tr.world_size)
+        # under FSDP every forward pass all-gathers, so every rank runs as many as the rank with the most images
+        # (ranks with fewer run a dummy batch of weight 0)
+        longest = -(-len(self.codes) // tr.world_size) if fsdp else len(mine)
         total = torch.zeros(2, dtype=torch.float64, device=tr.device)
-        for lo in range(0, len(mine), self.batch):
+        if fsdp:
+            reshard(model)  # the next forward all-gathers the current shards
+        for lo in range(0, longest, self.batch):
             idx = mine[lo : lo + self.batch]
+            weight = len(idx)
+            if weight == 0:
+                idx = torch.zeros(1, dtype=torch.long)
             codes, labels = self.codes[idx].to(tr.device), self.labels[idx].to(tr.device)
             with tr.accelerator.autocast():
                 _, loss = model(codes[:, :-1], labels, targets=codes)
-            total += torch.stack([loss.double() * len(idx), torch.tensor(float(len(idx)), device=tr.device).double()])
+            total += torch.stack([loss.double() * weight, torch.tensor(float(weight), device=tr.device).double()])
+        if fsdp:
+            reshard(model)  # FSDP2 keeps the root unit unsharded after a forward without backward
         if tr.world_size > 1:
             total = tr.accelerator.reduce(total, reduction="sum")
         model.train(was_training)
@@ -400,7 +421,10 @@ class _Validator:
 
     def __call__(self, tr: Trainer) -> dict[str, float]:
         out = {"val_loss": self._loss(tr, tr.unwrap("gpt"))}
-        if self.with_ema:
+        if self.with_ema and "gpt" in tr.fsdp_models:  # sharded: swap the EMA shards in and back (exact)
+            with tr.emas["gpt"].swapped_into(tr.unwrap("gpt")) as model:
+                out["val_loss_ema"] = self._loss(tr, model)
+        elif self.with_ema:
             if self._ema_model is None:
                 self._ema_model = copy.deepcopy(tr.unwrap("gpt")).requires_grad_(False)
             tr.emas["gpt"].copy_to(self._ema_model)
@@ -460,6 +484,12 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
     overrides: dict[str, Any] = {"class_dropout": cfg.class_dropout}
     if cfg.dropout is not None:
         overrides.update(token_dropout=cfg.dropout, resid_dropout=cfg.dropout, ffn_dropout=cfg.dropout)
+    if cfg.fsdp:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("--fsdp needs a distributed launch: torchrun --nproc_per_node N -m vfmtok train-ar ... "
+                             "--fsdp (or accelerate launch with a multi-GPU config)")
     torch.manual_seed(cfg.seed)  # initialisation depends on --seed only (same on every rank)
     if cfg.init_from is not None:
         model = load_gpt(cfg.init_from, **overrides)
@@ -501,12 +531,15 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
                              f"invocation {val_count}; use the same --val-count/--val-fraction")
 
     # -- optimiser, data, trainer -----------------------------------------------------------------------
-    fused = accelerator.device.type == "cuda"
-    optimizer = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
-                                  fused=fused or None)
+    flops_per_token = model.flops_per_token(training=True)
     if cfg.compile:  # per block: GPT.forward's id range checks (host syncs) stay outside the compiled graphs
         for layer in model.layers:
             layer.compile()
+    if cfg.fsdp:  # before the optimizer: the optimizer must hold the sharded parameters
+        shard_model(model, (TransformerBlock,), accelerator.device)
+    fused = accelerator.device.type == "cuda"
+    optimizer = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+                                  fused=fused or None)
     dataset = ARTokens(info.path, train_idx, cfg.seed, info.num_augmentations)
     tcfg = TrainerConfig(out_dir=out, total_steps=total_steps, global_batch=cfg.batch_size,
                          grad_accum=cfg.grad_accum, save_every=cfg.save_every, keep_last=cfg.keep_last,
@@ -524,7 +557,6 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
     val_codes, val_labels = load_val_set(info, val_idx)
     micro = cfg.batch_size // (world * cfg.grad_accum) if cfg.batch_size % (world * cfg.grad_accum) == 0 else 1
     validator = _Validator(val_codes, val_labels, cfg.val_batch_size or micro, cfg.val_ema) if val_count else None
-    flops_per_token = model.flops_per_token(training=True)
     peak = device_peak_flops(accelerator.device, cfg.peak_tflops)
     clock = {"t": time.perf_counter(), "steps": 0}
     last: dict[str, Any] = {}
@@ -564,22 +596,38 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
     clock["t"] = time.perf_counter()  # throughput windows exclude the set-up
     result = trainer.fit(resume=cfg.resume)
 
+    # sharded EMA: gathered on every rank (collective), kept by rank 0 only
+    ema_state = trainer.emas["gpt"].full_state_dict(keep=accelerator.is_main_process) if cfg.fsdp else None
     if accelerator.is_main_process:
-        export_ema(trainer, out, settings, cfg.command, result)
+        export_ema(trainer, out, settings, cfg.command, result, ema_state)
     accelerator.wait_for_everyone()
     return TrainARResult(out, result, dict(last))
 
 
 def export_ema(trainer: Trainer, out: Path, settings: dict[str, Any], command: str | None,
-               result: TrainResult) -> Path:
+               result: TrainResult, ema_state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write `out/model.safetensors` (EMA weights, fp32) and `out/config.json` (save_gpt's keys + provenance).
 
     config.json keys: format, format_version, gpt_config (from `save_gpt`), tokenizer, tokenizer_sha256,
     tokenizer_weights_fingerprint, token_store, token_store_manifest_sha256, train (settings), command,
     step, interrupted, weights ("ema"), created.
+
+    Args:
+        ema_state: the full EMA weights (`EMA.full_state_dict()`), required when the GPT is FSDP-sharded (then
+            written into a fresh unsharded GPT: same keys and shapes as without FSDP); None -> the trainer's EMA.
+
+    Raises:
+        ValueError: an FSDP-sharded GPT without `ema_state`, or an `ema_state` lacking GPT keys.
     """
-    model = copy.deepcopy(trainer.unwrap("gpt")).cpu().eval()
-    trainer.emas["gpt"].copy_to(model)
+    if ema_state is not None:
+        with torch.random.fork_rng(devices=[]):  # the throw-away initialisation leaves the RNG untouched
+            model = GPT(trainer.unwrap("gpt").config).eval()
+        load_state_strict(model, ema_state, "the gathered EMA weights")
+    elif "gpt" in trainer.fsdp_models:
+        raise ValueError("export_ema: the GPT is FSDP-sharded; pass ema_state=trainer.emas['gpt'].full_state_dict()")
+    else:
+        model = copy.deepcopy(trainer.unwrap("gpt")).cpu().eval()
+        trainer.emas["gpt"].copy_to(model)
     path = save_gpt(model, out)
     doc = json.loads((out / "config.json").read_text())
     doc.update({k: v for k, v in settings.items() if k != "gpt_config"})

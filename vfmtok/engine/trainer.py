@@ -9,6 +9,11 @@ schedulers, updates the EMAs, logs to `metrics.jsonl` and checkpoints every `sav
 SIGTERM/SIGINT. Resumption restores models, optimizers, schedulers, EMAs, extra state, the step (hence the data
 position) and per-rank RNG states: on CPU a resumed run is bit-identical to an uninterrupted one.
 
+FSDP: a model already sharded with `vfmtok.engine.fsdp.shard_model` (FSDP2 `fully_shard`) is used as is (not
+wrapped in DDP by accelerate); its optimizer must carry the same name. Its EMA stays sharded, and its model,
+optimizer and EMA states are checkpointed with torch.distributed.checkpoint under `step_N/sharded/` by every rank
+(vfmtok.engine.fsdp has the design); everything else is unchanged.
+
 Step function contract: `step_fn(trainer, batch) -> StepOutput`, where `batch` is the collated micro-batch
 already on `trainer.device`, `trainer.step` is the 0-based index of the optimizer step being computed and
 `trainer.models[name]` are the prepared (possibly DDP-wrapped) models (`trainer.unwrap(name)` for the bare module).
@@ -29,9 +34,14 @@ from torch import nn
 from torch.optim import Optimizer
 from tqdm.auto import tqdm
 
-from vfmtok.engine.checkpoint import capture_rng, latest_checkpoint, read_checkpoint, restore_rng, write_checkpoint
+from vfmtok.engine.checkpoint import (
+    capture_rng, latest_checkpoint, read_checkpoint, read_sharded, restore_rng, write_checkpoint,
+)
 from vfmtok.engine.data import make_loader
 from vfmtok.engine.ema import EMA
+from vfmtok.engine.fsdp import (
+    full_tensor, is_dtensor, is_fsdp, load_sharded_model_state, sharded_model_state,
+)
 from vfmtok.engine.metrics import MetricsLogger
 from vfmtok.engine.sampler import RankDisjointSampler
 
@@ -127,7 +137,9 @@ class Trainer:
         accelerator: an `accelerate.Accelerator` (see `vfmtok.engine.accel.make_accelerator`).
         config: a `TrainerConfig`.
         models: name -> module (trainable parameters have requires_grad=True; frozen ones are not checkpointed).
-        optimizers: name -> optimizer over that name's parameters (names match the step function's losses).
+            A module sharded with `vfmtok.engine.fsdp.shard_model` is trained with FSDP (module docstring).
+        optimizers: name -> optimizer over that name's parameters (names match the step function's losses); the
+            optimizer of an FSDP model must be built after sharding and carry the model's name.
         step_fn: the step function (module docstring).
         dataset: map-style dataset indexed by the sampler's `(index, epoch, position)` items.
         schedulers: name -> LR scheduler of the optimizer of the same name (stepped with it).
@@ -135,7 +147,10 @@ class Trainer:
         extra_state: name -> object with state_dict/load_state_dict to checkpoint (e.g. a codebook-usage window).
         after_step: called as `after_step(trainer, record)` after each optimizer step on every rank, before the
             record is logged; may add keys to `record` (e.g. codebook usage) or write files (main process).
-        find_unused_parameters: passed to DDP.
+
+    Raises:
+        ValueError: global batch not divisible by processes x grad_accum; an optimizer over sharded (FSDP)
+            parameters whose name is not that of an FSDP model.
     """
 
     def __init__(
@@ -161,10 +176,16 @@ class Trainer:
         self.micro_batch = config.global_batch // micro_total
         self.sampler = RankDisjointSampler(len(dataset), config.global_batch, self.rank, self.world_size, config.seed)
         self.loader = make_loader(dataset, self.sampler, self.micro_batch, config.num_workers, config.seed)
-        names = list(models)
+        self.fsdp_models = [n for n in models if is_fsdp(models[n])]
+        for n, opt in optimizers.items():
+            if n not in self.fsdp_models and any(is_dtensor(p) for g in opt.param_groups for p in g["params"]):
+                raise ValueError(f"optimizer {n!r} holds sharded (FSDP) parameters but there is no FSDP model named "
+                                 f"{n!r}; name the optimizer of an FSDP model like the model")
+        names = [n for n in models if n not in self.fsdp_models]  # FSDP models are used as they are (no DDP)
         prepared = accelerator.prepare(*[models[n] for n in names], *[optimizers[n] for n in optimizers])
         prepared = prepared if isinstance(prepared, (list, tuple)) else [prepared]
-        self.models: dict[str, nn.Module] = dict(zip(names, prepared[: len(names)]))
+        plain = dict(zip(names, prepared[: len(names)]))
+        self.models: dict[str, nn.Module] = {n: plain.get(n, models[n]) for n in models}
         self.optimizers: dict[str, Optimizer] = dict(zip(optimizers, prepared[len(names) :]))
         self.schedulers = dict(schedulers or {})
         self.emas = {n: EMA(self.unwrap(n), decay) for n, decay in (ema or {}).items()}
@@ -201,14 +222,26 @@ class Trainer:
         return {k: v.detach().cpu() for k, v in module.state_dict().items() if k not in frozen}
 
     def _state(self) -> dict[str, Any]:
+        fsdp = self.fsdp_models
         return {
-            "models": {n: self._module_state(n) for n in self.models},
-            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "models": {n: self._module_state(n) for n in self.models if n not in fsdp},
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items() if n not in fsdp},
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
-            "ema": {n: e.state_dict() for n, e in self.emas.items()},
+            "ema": {n: e.state_dict() for n, e in self.emas.items() if n not in fsdp},
             "extra": {n: o.state_dict() for n, o in self.extra_state.items()},
             "counters": {"skipped_steps": self.skipped_steps},
         }
+
+    def _sharded_state(self) -> dict[str, Any]:
+        """This rank's shards of the FSDP models, their optimizers and EMAs (DTensors, for DCP; no copies)."""
+        out: dict[str, Any] = {"models": {}, "optimizers": {}, "ema": {}}
+        for n in self.fsdp_models:
+            out["models"][n], optim = sharded_model_state(self.models[n], self.optimizers.get(n))
+            if optim is not None:
+                out["optimizers"][n] = optim
+            if n in self.emas:
+                out["ema"][n] = {"decay": self.emas[n].decay, "shadow": dict(self.emas[n].shadow)}
+        return out
 
     def save_checkpoint(self) -> Path:
         """Write the checkpoint of the current step (collective: every rank calls it)."""
@@ -218,9 +251,12 @@ class Trainer:
             "global_batch": self.config.global_batch, "num_samples": self.sampler.num_samples,
             "seed": self.config.seed, "time": time.time(),
         }
+        if self.fsdp_models:
+            meta["fsdp"] = sorted(self.fsdp_models)
         return write_checkpoint(
             self.checkpoints, self.step, self._state if self.rank == 0 else None, capture_rng(), meta,
             rank=self.rank, barrier=self._barrier, keep_last=self.config.keep_last,
+            sharded_state=self._sharded_state if self.fsdp_models else None,
         )
 
     def load_checkpoint(self, path: str | Path | None = None) -> Path:
@@ -238,7 +274,12 @@ class Trainer:
             if meta.get(key) != mine:
                 raise ValueError(f"{path}: checkpoint was written with {key}={meta.get(key)}, this run has {mine}; "
                                  "resume with the same data, --batch-size and --seed")
+        if sorted(meta.get("fsdp", [])) != sorted(self.fsdp_models):
+            raise ValueError(f"{path}: checkpoint was written with FSDP models {meta.get('fsdp', [])}, this run "
+                             f"shards {sorted(self.fsdp_models)}; resume with the same --fsdp setting")
         for name in self.models:
+            if name in self.fsdp_models:
+                continue
             module = self.unwrap(name)
             frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
             missing, unexpected = module.load_state_dict(state["models"][name], strict=False)
@@ -247,11 +288,20 @@ class Trainer:
                 raise ValueError(f"{path}: model {name!r} state mismatch: missing {bad_missing[:5]}, "
                                  f"unexpected {list(unexpected)[:5]}")
         for name, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
+            if name not in self.fsdp_models:
+                opt.load_state_dict(state["optimizers"][name])
         for name, sched in self.schedulers.items():
             sched.load_state_dict(state["schedulers"][name])
         for name, ema in self.emas.items():
-            ema.load_state_dict(state["ema"][name])
+            if name not in self.fsdp_models:
+                ema.load_state_dict(state["ema"][name])
+        if self.fsdp_models:
+            sharded = read_sharded(path, self._sharded_state())  # loads in place (the EMA shadows directly)
+            for name in self.fsdp_models:
+                load_sharded_model_state(self.models[name], self.optimizers.get(name), sharded["models"][name],
+                                         sharded["optimizers"].get(name))
+                if name in self.emas:
+                    self.emas[name].load_state_dict(sharded["ema"][name])
         for name, obj in self.extra_state.items():
             obj.load_state_dict(state["extra"][name])
         self.skipped_steps = int(state["counters"]["skipped_steps"])
@@ -322,9 +372,11 @@ class Trainer:
             params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
             if self.config.grad_clip:
                 norm = self.accelerator.clip_grad_norm_(params, self.config.grad_clip)
+            elif name in self.fsdp_models:  # sharded gradients: the norm of the full gradient (collective)
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params])
             else:
                 norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().float().norm() for p in params]))
-            record[f"grad_norm_{name}"] = float(norm)
+            record[f"grad_norm_{name}"] = float(full_tensor(norm))
         # with fp16 loss scaling, inf gradients are expected while the scale calibrates: the GradScaler skips those
         # updates itself, so only the losses are checked then
         checked = ("loss_",) if getattr(self.accelerator, "scaler", None) is not None else ("loss_", "grad_norm_")

@@ -1,0 +1,154 @@
+"""`train-ar --fsdp`: 2-process FSDP2 on CPU (gloo) against one process, sharded checkpoints, bit-exact resume."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import vfmtok
+from vfmtok.cli.main import app
+from vfmtok.engine.accel import make_accelerator
+from vfmtok.engine.checkpoint import latest_checkpoint, read_checkpoint
+from vfmtok.engine.metrics import read_metrics
+from vfmtok.engine.train_ar import TIME_DEPENDENT_KEYS, split_indices, train_ar
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train_ar import N, cfg_for, make_store  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+NODROP = dict(class_dropout=0.0, dropout=0.0, ema_decay=0.5, val_count=5, steps=3)  # val: 3 + 2 images per rank
+
+
+def _gathered(ckpt: Path, tmp: Path) -> dict:
+    """The DCP part of a checkpoint as one plain dict (no process group needed)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dst = tmp / f"{ckpt.parent.parent.name}-{ckpt.name}.pt"
+    dcp_to_torch_save(ckpt / "sharded", dst)
+    return torch.load(dst, weights_only=True)
+
+
+def _equal_trees(a, b) -> bool:
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal_trees(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal_trees(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    return a == b
+
+
+def test_fsdp_two_processes_match_one_process_and_resume_bit_exact(tmp_path):
+    store = make_store(tmp_path / "store")
+    script = tmp_path / "fsdp_worker.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, torch
+        torch.set_num_threads(1)
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from pathlib import Path
+        from test_fsdp import NODROP
+        from test_train_ar import cfg_for
+        from vfmtok.engine.train_ar import train_ar
+        store, tmp = Path(sys.argv[1]), Path(sys.argv[2])
+        # the same data per step as one process, no dropout, gradient accumulation over 2 micro-batches
+        train_ar(cfg_for(store, tmp / "nodrop", fsdp=True, grad_accum=2, **NODROP))
+        # dropout on (RNG states matter): 4 steps at once vs 2 steps + resume to 4
+        kw = dict(fsdp=True, save_every=2, val_count=5, ema_decay=0.5)
+        train_ar(cfg_for(store, tmp / "full", steps=4, **kw))
+        train_ar(cfg_for(store, tmp / "half", steps=2, **kw))
+        train_ar(cfg_for(store, tmp / "half", steps=4, resume=True, **kw))
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(30500 + os.getpid() % 1000), str(script), str(store),
+                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    # -- FSDP run vs one process on the same data -------------------------------------------------------
+    train_ar(cfg_for(store, tmp_path / "one", **NODROP))
+    fsdp_w = load_file(tmp_path / "nodrop" / "model.safetensors")
+    one_w = load_file(tmp_path / "one" / "model.safetensors")
+    # the export is the FULL EMA state dict: same keys, shapes, dtypes as without FSDP
+    assert {k: (v.shape, v.dtype) for k, v in fsdp_w.items()} == {k: (v.shape, v.dtype) for k, v in one_w.items()}
+    assert fsdp_w["output.weight"].abs().max() > 1e-3  # trained (zero-initialised head)
+    for k in one_w:  # FSDP-averaged, clipped gradients + sharded AdamW + sharded EMA = one process
+        torch.testing.assert_close(fsdp_w[k], one_w[k], atol=1e-5, rtol=1e-4)
+    # it loads into a fresh GPT whose logits are those of the one-process model
+    _, val = split_indices(N, 5)
+    codes = torch.from_numpy(np.load(store / "codes.npy")[val, 0].astype(np.int64))
+    labels = torch.from_numpy(np.load(store / "labels.npy")[val])
+    with torch.no_grad():
+        logits_fsdp, _ = vfmtok.load_gpt(tmp_path / "nodrop")(codes[:, :-1], labels)
+        logits_one, _ = vfmtok.load_gpt(tmp_path / "one")(codes[:, :-1], labels)
+    torch.testing.assert_close(logits_fsdp, logits_one, atol=1e-5, rtol=1e-4)
+    ra, rb = read_metrics(tmp_path / "nodrop" / "metrics.jsonl"), read_metrics(tmp_path / "one" / "metrics.jsonl")
+    for key in ("loss_gpt", "grad_norm_gpt", "val_loss", "val_loss_ema"):  # val sharded 3 + 2 over the ranks
+        va, vb = [r.get(key) for r in ra], [r.get(key) for r in rb]
+        assert [v is None for v in va] == [v is None for v in vb] and va[-1] is not None
+        assert [v for v in va if v is not None] == pytest.approx([v for v in vb if v is not None], abs=1e-5)
+    assert json.loads((tmp_path / "nodrop" / "config.json").read_text())["train"]["world_size"] == 2
+
+    # the sharded checkpoint gathers to the live weights and the EMA that was exported
+    ckpt = latest_checkpoint(tmp_path / "nodrop" / "checkpoints")
+    state, rng, meta = read_checkpoint(ckpt)
+    assert meta["fsdp"] == ["gpt"] and meta["world_size"] == 2 and meta["step"] == 3
+    assert state["models"] == {} and state["optimizers"] == {} and state["ema"] == {}
+    full = _gathered(ckpt, tmp_path)
+    assert all(torch.equal(full["ema"]["gpt"]["shadow"][k], fsdp_w[k]) for k in fsdp_w)
+    one_state, _, _ = read_checkpoint(latest_checkpoint(tmp_path / "one" / "checkpoints"))
+    live = full["models"]["gpt"]
+    assert live.keys() == one_state["models"]["gpt"].keys()
+    for k, v in one_state["models"]["gpt"].items():
+        torch.testing.assert_close(live[k], v, atol=1e-5, rtol=1e-4)
+    # AdamW moments: full shapes, equal to one process's (optimizer state is keyed by parameter name under FSDP)
+    names = [n for n, p in vfmtok.load_gpt(tmp_path / "one").named_parameters() if p.ndim >= 2] + \
+        [n for n, p in vfmtok.load_gpt(tmp_path / "one").named_parameters() if p.ndim < 2]  # param_groups order
+    for i, name in enumerate(names):
+        ours, ref = full["optimizers"]["gpt"]["state"][name], one_state["optimizers"]["gpt"]["state"][i]
+        assert float(ours["step"]) == float(ref["step"]) == 3
+        torch.testing.assert_close(ours["exp_avg_sq"], ref["exp_avg_sq"], atol=1e-8, rtol=1e-3)
+
+    # -- bit-exact resume under FSDP (dropout on) --------------------------------------------------------
+    wa, wb = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "half" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in TIME_DEPENDENT_KEYS} for r in rs]  # noqa: E731
+    ma, mb = read_metrics(tmp_path / "full" / "metrics.jsonl"), read_metrics(tmp_path / "half" / "metrics.jsonl")
+    assert [r["step"] for r in mb] == [1, 2, 3, 4] and strip(ma) == strip(mb)
+    ca, cb = (latest_checkpoint(tmp_path / r / "checkpoints") for r in ("full", "half"))
+    assert ca.name == cb.name == "step_00000004"
+    assert _equal_trees(_gathered(ca, tmp_path), _gathered(cb, tmp_path))  # model, AdamW and EMA states
+
+    # resuming an FSDP run without --fsdp is refused before any step
+    with pytest.raises(ValueError, match=r"written with FSDP models \['gpt'\].*same --fsdp"):
+        train_ar(cfg_for(store, tmp_path / "full", steps=6, resume=True, save_every=2, val_count=5,
+                         ema_decay=0.5))
+    assert [r["step"] for r in read_metrics(tmp_path / "full" / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_fsdp_without_a_distributed_launch_and_with_fp16_is_refused(tmp_path):
+    store = make_store(tmp_path / "store")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train-ar", "--tokens", str(store), "--out", str(out), "--model", "GPT-tiny",
+                                      "--steps", "2", "--batch-size", "8", "--device", "cpu", "--num-workers", "0",
+                                      "--no-progress", "--fsdp"])
+    assert result.exit_code == 2, result.output
+    assert "--fsdp needs a distributed launch: torchrun" in result.output
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+    with pytest.raises(ValueError, match="--fsdp with --mixed-precision fp16"):
+        train_ar(cfg_for(store, out, steps=2, fsdp=True, mixed_precision="fp16"))
+
+
+def test_accelerates_own_fsdp_plugin_is_refused(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for distributed_type: FSDP
+    with pytest.raises(ValueError, match="accelerate's FSDP plugin .* pass --fsdp"):
+        make_accelerator("cpu")

@@ -1,0 +1,130 @@
+"""FSDP for the engine: torch's FSDP2 (`torch.distributed.fsdp.fully_shard`), sharded EMA, sharded checkpoints.
+
+Design (docs/train_ar.md, "FSDP"):
+
+* Sharding: `shard_model` applies `fully_shard` to every block of the given types (one FSDP unit per
+  `TransformerBlock` for the GPT) and then to the root (embeddings, final norm, head). Parameters become `DTensor`s
+  sharded along dim 0 over all ranks (FULL_SHARD / ZeRO-3); each rank stores 1/world of every parameter, gradient
+  and AdamW moment. Parameters stay fp32 (all-gathered in fp32) and compute runs under the same autocast as DDP,
+  so the numerics are those of a DDP run. With `--grad-accum` the gradients are reduce-scattered after every
+  micro-batch (no `no_sync`), so unsharded gradients never accumulate.
+* EMA: `vfmtok.engine.ema.EMA` keeps the shadow as `DTensor`s with the parameters' sharding; each rank updates
+  only its local shard (same order on every rank). Nothing is gathered during training; the shadow is gathered
+  parameter by parameter only for the export (`full_state_dict`).
+* Checkpoints: model, optimizer and EMA of FSDP models go to `step_N/sharded/`, written by every rank with
+  `torch.distributed.checkpoint` (DCP; one `__{rank}_0.distcp` file per rank plus `.metadata`), inside the same
+  atomic temp-dir + rename as the rest of the checkpoint (vfmtok.engine.checkpoint). DCP reshards on load, so a
+  checkpoint also loads with another number of processes. `dcp_to_torch_save(step_N/sharded, file.pt)`
+  (`torch.distributed.checkpoint.format_utils`) converts it to one plain file without any process group.
+
+We use FSDP2 directly rather than accelerate's FSDP plugin: accelerate enables its plugin only on GPUs, and the
+engine needs to own the state dicts (EMA, atomic keep-last-K checkpoints) anyway.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+SHARDED_DIR = "sharded"  # sub-directory of a checkpoint with the DCP files of the FSDP models
+
+
+def is_fsdp(module: nn.Module) -> bool:
+    """True when `module` was sharded with `fully_shard` (is an FSDP2 `FSDPModule`)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def is_dtensor(t: Any) -> bool:
+    """True for a `torch.distributed.tensor.DTensor` (a sharded FSDP parameter, gradient or EMA shadow)."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (a view sharing its storage: in-place ops update the DTensor); else `t`."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The full (unsharded) value of a DTensor, on every rank (collective: all ranks must call it); else `t`."""
+    return t.full_tensor() if is_dtensor(t) else t
+
+
+def shard_model(model: nn.Module, block_types: Iterable[type], device: torch.device) -> nn.Module:
+    """Shard `model` in place with FSDP2: one unit per submodule of `block_types`, then the root.
+
+    Every rank must call it with the same, identically initialised model (the engine seeds the initialisation
+    with --seed only). Parameters are moved to `device` and replaced by dim-0-sharded DTensors (fp32 kept);
+    build the optimizer afterwards.
+
+    Args:
+        model: the module (e.g. a `GPT`). block_types: classes wrapped as their own FSDP unit (e.g.
+            `TransformerBlock`). device: this rank's device (its type names the device mesh: 'cpu' (gloo) or 'cuda').
+
+    Returns:
+        `model` itself (its class is now also an `FSDPModule`).
+
+    Raises:
+        RuntimeError: torch.distributed is not initialised (FSDP needs a launcher: torchrun / accelerate launch).
+    """
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("--fsdp needs a distributed launch (e.g. `torchrun --nproc_per_node N -m vfmtok "
+                           "train-ar ... --fsdp`); torch.distributed is not initialised in this process")
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    kinds = tuple(block_types)
+    for sub in list(model.modules()):
+        if sub is not model and isinstance(sub, kinds):
+            fully_shard(sub, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def reshard(model: nn.Module) -> None:
+    """Free the unsharded parameters of every FSDP unit of `model`.
+
+    The root unit keeps its parameters unsharded after a forward pass without backward (FSDP2 heuristic); call this
+    after evaluation passes so that the next forward all-gathers the current shards (e.g. after swapping EMA
+    weights in).
+    """
+    for sub in model.modules():
+        if is_fsdp(sub):
+            sub.reshard()
+
+
+def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside accelerate's `AcceleratedOptimizer` wrappers."""
+    while type(optimizer).__name__ == "AcceleratedOptimizer":
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def sharded_model_state(model: nn.Module, optimizer: Any | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(model, optimizer) state dicts of an FSDP model as sharded DTensors keyed by parameter name (for DCP).
+
+    Uses `torch.distributed.checkpoint.state_dict.get_state_dict` (sharded: nothing is gathered). On an optimizer
+    without state (fresh) it creates the state with a zero-lr step first (a template to load into).
+    """
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    if optimizer is None:
+        return get_model_state_dict(model), None
+    return get_state_dict(model, unwrap_optimizer(optimizer))
+
+
+def load_sharded_model_state(model: nn.Module, optimizer: Any | None, model_state: dict[str, Any],
+                             optim_state: dict[str, Any] | None) -> None:
+    """Inverse of `sharded_model_state` (after `dcp.load` filled the dicts in place); strict on the model keys."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+
+    if optimizer is None:
+        set_model_state_dict(model, model_state)
+    else:
+        set_state_dict(model, unwrap_optimizer(optimizer), model_state_dict=model_state, optim_state_dict=optim_state)
