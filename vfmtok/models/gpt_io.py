@@ -1,0 +1,224 @@
+"""Construction, saving and loading of the GPT: presets -> model, our safetensors run format, the authors' `GPT-*.pt`.
+
+Our format: a directory with `model.safetensors` (fp32 weights, the config also in its metadata) and
+`config.json` ({"format": "vfmtok.gpt", "format_version": 1, "gpt_config": {...}}). The authors' checkpoints
+are read with `torch.load(weights_only=True)` (`vfmtok.checkpoint_io`), their config inferred from tensor
+shapes, `args` and the file name, and loaded strictly (shared/reference/checkpoints/README.md 3.5).
+Every name here is also importable from `vfmtok.models.gpt`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from vfmtok.configs import GPT_PRESETS, config_from_dict, config_to_dict
+from vfmtok.models.gpt_config import PRESET_SHAPES, GPTConfig
+
+if TYPE_CHECKING:
+    from vfmtok.models.gpt import GPT
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_NAME = "vfmtok.gpt"
+FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Construction, saving, loading
+# ---------------------------------------------------------------------------------------------
+def create_gpt(
+    name_or_config: str | GPTConfig,
+    vocab_size: int | None = None,
+    num_classes: int | None = None,
+    grid_size: int | None = None,
+    **overrides: Any,
+) -> GPT:
+    """Build a randomly initialised GPT from a preset name or a config.
+
+    Args:
+        name_or_config: a preset of `vfmtok.configs.GPT_PRESETS` ("GPT-B" ... "GPT-3B", "GPT-tiny") or a
+            `GPTConfig`.
+        vocab_size, num_classes, grid_size: data-dependent sizes (from the token store manifest); None keeps
+            the config's value (16384, 1000, 16 for presets).
+        **overrides: any other `GPTConfig` field (e.g. `class_dropout=0.0`).
+
+    Raises:
+        KeyError: unknown preset (lists them). ValueError: unknown override field or invalid config.
+    """
+    cfg = GPT_PRESETS[name_or_config]() if isinstance(name_or_config, str) and name_or_config in GPT_PRESETS else name_or_config
+    if isinstance(cfg, str):
+        raise KeyError(f"unknown GPT preset {cfg!r}; available: {', '.join(sorted(GPT_PRESETS))}")
+    from vfmtok.models.gpt import GPT  # deferred: vfmtok.models.gpt re-exports this module
+
+    sizes = {"vocab_size": vocab_size, "num_classes": num_classes, "grid_size": grid_size}
+    return GPT(_with_overrides(cfg, {**{k: v for k, v in sizes.items() if v is not None}, **overrides}))
+
+
+def _check_fields(overrides: dict[str, Any]) -> None:
+    fields = {f.name for f in dataclasses.fields(GPTConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown GPTConfig field(s) {unknown}; expected some of {sorted(fields)}")
+
+
+def _with_overrides(cfg: GPTConfig, overrides: dict[str, Any]) -> GPTConfig:
+    _check_fields(overrides)
+    return dataclasses.replace(cfg, **overrides)
+
+
+def save_gpt(model: GPT, out_dir: str | Path) -> Path:
+    """Write `out_dir/model.safetensors` (weights, fp32 as held) and `out_dir/config.json`.
+
+    config.json = {"format": "vfmtok.gpt", "format_version": 1, "gpt_config": {GPTConfig fields}}; the same
+    config is also stored in the safetensors metadata, so the weights file alone is loadable.
+
+    Returns:
+        The weights path.
+    """
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = config_to_dict(model.config)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    path = out_dir / WEIGHTS_FILE
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"format": FORMAT_NAME, "gpt_config": json.dumps(cfg)})
+    tmp.replace(path)
+    doc = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "gpt_config": cfg}
+    (out_dir / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+def load_gpt(path: str | Path, **overrides: Any) -> GPT:
+    """Load a GPT (eval mode, fp32, CPU) from our run dir, a `.safetensors` file, or the authors' `GPT-*.pt`.
+
+    Accepted inputs:
+      * a directory holding `model.safetensors` and `config.json` (written by `save_gpt` / train-ar);
+      * a `.safetensors` file whose config is in `config.json` beside it or in its own metadata;
+      * the authors' checkpoint (`ema` entry, else `model`), read with `torch.load(weights_only=True)`.
+        Its config is inferred: dim/vocab/classes/layers/FFN width from shapes, heads from the preset named
+        in `args.gpt_model`, in the file name (`GPT-L-300e.pt`), or the preset with the same dim and depth;
+        grid size from `args.latent_size` (else 16).
+
+    config.json may hold the GPTConfig fields under "gpt_config" (or "model"), or flat.
+
+    Args:
+        path: file or directory. **overrides: GPTConfig fields to force (e.g. `n_head`, `grid_size`).
+
+    Raises:
+        FileNotFoundError: nothing loadable at `path` (names the files expected).
+        ValueError: config cannot be inferred, or the weights do not match it strictly (names the missing,
+            unexpected or mis-shaped keys).
+    """
+    from vfmtok.checkpoint_io import load_official_pt, pick_state_dict
+    from vfmtok.models.gpt import GPT  # deferred: vfmtok.models.gpt re-exports this module
+
+    path = Path(path)
+    if path.is_dir():
+        weights = path / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE} in this run directory")
+        return load_gpt(weights, **overrides)
+    if not path.is_file():
+        raise FileNotFoundError(f"GPT checkpoint not found: {path} (expected a run dir, a .safetensors or a GPT-*.pt)")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+        cfg_dict = _read_config_json(path.parent / CONFIG_FILE)
+        if cfg_dict is None:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+            if "gpt_config" not in meta:
+                raise FileNotFoundError(f"{path}: no {CONFIG_FILE} beside it and no gpt_config in its metadata")
+            cfg_dict = json.loads(meta["gpt_config"])
+        cfg = _with_overrides(config_from_dict(GPTConfig, cfg_dict), overrides)
+        source = str(path)
+    else:
+        ckpt = load_official_pt(path)
+        entry, state = pick_state_dict(ckpt, path)
+        cfg = infer_official_config(state, path, ckpt.get("args"), **overrides)
+        source = f"{path} [{entry}]"
+    model = GPT(cfg)
+    load_state_strict(model, state, source)
+    return model.eval()
+
+
+def _read_config_json(file: Path) -> dict[str, Any] | None:
+    if not file.is_file():
+        return None
+    data = json.loads(file.read_text())
+    for key in ("gpt_config", "model"):
+        if isinstance(data.get(key), dict):
+            return data[key]
+    fields = {f.name for f in dataclasses.fields(GPTConfig)}
+    if set(data) <= fields:
+        return data
+    raise ValueError(f"{file}: no GPT config found (expected a 'gpt_config' entry with {sorted(fields)})")
+
+
+def infer_official_config(state: dict[str, Tensor], path: str | Path, args: Any = None, **overrides: Any) -> GPTConfig:
+    """Infer the `GPTConfig` of an official state dict from its shapes, `args` and file name.
+
+    Raises:
+        ValueError: a key needed for inference is missing, or the head count cannot be determined.
+    """
+    need = ("tok_embeddings.weight", "cls_embedding.embedding_table.weight", "layers.0.feed_forward.w1.weight")
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise ValueError(f"{path}: not a LlamaGen GPT state dict, missing key(s) {missing}")
+    vocab, dim = state["tok_embeddings.weight"].shape
+    num_classes = state["cls_embedding.embedding_table.weight"].shape[0] - 1
+    n_layer = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k)))
+    hidden = state["layers.0.feed_forward.w1.weight"].shape[0]
+    candidates = []
+    arg_name = getattr(args, "gpt_model", None)
+    if isinstance(arg_name, str):
+        candidates += [arg_name, f"GPT-{arg_name}"]
+    candidates += re.findall(r"GPT-(?:XXL|XL|3B|2B|B|L|tiny)", Path(path).name)
+    n_head = None
+    for name in candidates:
+        if name in PRESET_SHAPES and PRESET_SHAPES[name][:2] == (dim, n_layer):
+            n_head = PRESET_SHAPES[name][2]
+            break
+    if n_head is None:
+        n_head = next((h for d, n, h in PRESET_SHAPES.values() if (d, n) == (dim, n_layer)), None)
+    grid = getattr(args, "latent_size", None)
+    base = {"dim": int(dim), "n_layer": n_layer, "vocab_size": int(vocab), "num_classes": int(num_classes),
+            "grid_size": grid if isinstance(grid, int) else 16}
+    if "n_head" not in overrides and n_head is None:
+        raise ValueError(f"{path}: cannot infer the head count of a GPT with dim {dim} and {n_layer} layers; pass n_head=...")
+    _check_fields(overrides)
+    cfg = GPTConfig(**{**base, "n_head": n_head, **overrides})
+    if cfg.ffn_hidden != hidden:
+        raise ValueError(f"{path}: FFN width {hidden} does not match the LlamaGen rule for dim {dim} ({cfg.ffn_hidden})")
+    return cfg
+
+
+def load_state_strict(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """`load_state_dict(strict=True)` with one clear error naming missing, unexpected and mis-shaped keys.
+
+    Raises:
+        ValueError: the key sets or shapes differ (lists up to 8 keys per kind, with counts).
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
+              if state[k].shape != own[k].shape]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+        if items:
+            more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
+            problems.append(f"{len(items)} {label} key(s): {', '.join(items[:8])}{more}")
+    if problems:
+        raise ValueError(f"{source}: weights do not match the GPT config strictly; " + "; ".join(problems))
+    model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()})
