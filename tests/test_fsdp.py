@@ -20,6 +20,7 @@ from vfmtok.engine.accel import make_accelerator
 from vfmtok.engine.checkpoint import latest_checkpoint, read_checkpoint
 from vfmtok.engine.metrics import read_metrics
 from vfmtok.engine.train_ar import TIME_DEPENDENT_KEYS, split_indices, train_ar
+from vfmtok.models.gpt import create_gpt
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_ar import N, cfg_for, make_store  # noqa: E402
@@ -60,8 +61,18 @@ def test_fsdp_two_processes_match_one_process_and_resume_bit_exact(tmp_path):
         from test_train_ar import cfg_for
         from vfmtok.engine.train_ar import train_ar
         store, tmp = Path(sys.argv[1]), Path(sys.argv[2])
-        # the same data per step as one process, no dropout, gradient accumulation over 2 micro-batches
-        train_ar(cfg_for(store, tmp / "nodrop", fsdp=True, grad_accum=2, **NODROP))
+        # the same data per step as one process, no dropout, gradient accumulation over 2 micro-batches,
+        # activation checkpointing of the FSDP units
+        train_ar(cfg_for(store, tmp / "nodrop", fsdp=True, grad_accum=2, grad_checkpointing=True, **NODROP))
+        # the sharding itself (process group set up by train_ar): FSDP units and this rank's shard of each parameter
+        import os
+        from vfmtok.engine.fsdp import is_fsdp, shard_model
+        from vfmtok.models.gpt import TransformerBlock, create_gpt
+        gpt = shard_model(create_gpt("GPT-tiny", vocab_size=16, num_classes=4, grid_size=4), (TransformerBlock,),
+                          torch.device("cpu"))
+        units = [n for n, m in gpt.named_modules() if is_fsdp(m)]
+        shards = {{n: [list(p.shape), list(p.to_local().shape)] for n, p in gpt.named_parameters()}}
+        (tmp / ("units" + os.environ["RANK"] + ".json")).write_text(repr([units, shards]))
         # dropout on (RNG states matter): 4 steps at once vs 2 steps + resume to 4
         kw = dict(fsdp=True, save_every=2, val_count=5, ema_decay=0.5)
         train_ar(cfg_for(store, tmp / "full", steps=4, **kw))
@@ -74,6 +85,15 @@ def test_fsdp_two_processes_match_one_process_and_resume_bit_exact(tmp_path):
                            str(tmp_path)], env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
+    # one FSDP unit per TransformerBlock + the root; every parameter split along dim 0 (torch.chunk sizes)
+    ref = create_gpt("GPT-tiny", vocab_size=16, num_classes=4, grid_size=4)
+    for rank in (0, 1):
+        units, shards = eval((tmp_path / f"units{rank}.json").read_text())
+        assert units == ["", "layers.0", "layers.1"]
+        assert shards.keys() == dict(ref.named_parameters()).keys()
+        for name, p in ref.named_parameters():
+            assert shards[name] == [list(p.shape), list(p.chunk(2, dim=0)[rank].shape)], name
+
     # -- FSDP run vs one process on the same data -------------------------------------------------------
     train_ar(cfg_for(store, tmp_path / "one", **NODROP))
     fsdp_w = load_file(tmp_path / "nodrop" / "model.safetensors")
@@ -81,7 +101,7 @@ def test_fsdp_two_processes_match_one_process_and_resume_bit_exact(tmp_path):
     # the export is the FULL EMA state dict: same keys, shapes, dtypes as without FSDP
     assert {k: (v.shape, v.dtype) for k, v in fsdp_w.items()} == {k: (v.shape, v.dtype) for k, v in one_w.items()}
     assert fsdp_w["output.weight"].abs().max() > 1e-3  # trained (zero-initialised head)
-    for k in one_w:  # FSDP-averaged, clipped gradients + sharded AdamW + sharded EMA = one process
+    for k in one_w:  # FSDP-averaged, clipped gradients + sharded AdamW + sharded EMA = one process (no AC, no accum)
         torch.testing.assert_close(fsdp_w[k], one_w[k], atol=1e-5, rtol=1e-4)
     # it loads into a fresh GPT whose logits are those of the one-process model
     _, val = split_indices(N, 5)

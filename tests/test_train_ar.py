@@ -21,9 +21,9 @@ from vfmtok.data import token_store as ts
 from vfmtok.engine.checkpoint import latest_checkpoint, read_checkpoint
 from vfmtok.engine.metrics import read_metrics
 from vfmtok.engine.train_ar import (
-    TIME_DEPENDENT_KEYS, ARTokens, TokenStoreError, TrainARConfig, fsdp_auto_wrap_policy, split_indices, train_ar,
+    TIME_DEPENDENT_KEYS, ARTokens, TokenStoreError, TrainARConfig, split_indices, train_ar,
 )
-from vfmtok.models.gpt import GPT, TransformerBlock, create_gpt, save_gpt
+from vfmtok.models.gpt import GPT, create_gpt, save_gpt
 
 GRID, VOCAB, CLASSES, N = 4, 16, 4, 32
 
@@ -241,14 +241,6 @@ def test_training_items_use_the_token_readers_view_choice(tmp_path):
         for i, (codes, label, row) in enumerate(batch):
             ref_codes, ref_label = reader[int(train[i])]
             assert int(row) == train[i] and torch.equal(codes, ref_codes) and int(label) == int(ref_label)
-
-
-def test_fsdp_policy_wraps_each_transformer_block():
-    model = create_gpt("GPT-tiny", vocab_size=VOCAB, num_classes=CLASSES, grid_size=GRID)
-    policy = fsdp_auto_wrap_policy()
-    wrapped = [m for m in model.modules() if policy(module=m, recurse=False, nonwrapped_numel=0)]
-    assert len(wrapped) == model.config.n_layer and all(isinstance(m, TransformerBlock) for m in wrapped)
-    assert all(policy(module=m, recurse=True, nonwrapped_numel=0) for m in model.modules())  # descends everywhere
 
 
 def test_sigterm_stops_with_a_checkpoint_and_exports_that_steps_ema(tmp_path):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as _dt
-import functools
 import json
 import logging
 import os
@@ -324,7 +323,7 @@ def load_val_set(info: StoreInfo, indices: np.ndarray) -> tuple[torch.Tensor, to
 
 
 # ---------------------------------------------------------------------------------------------
-# Throughput, FSDP
+# Throughput
 # ---------------------------------------------------------------------------------------------
 def device_peak_flops(device: torch.device, override_tflops: float | None = None) -> float | None:
     """Peak FLOP/s of one process's device for the MFU estimate.
@@ -341,16 +340,6 @@ def device_peak_flops(device: torch.device, override_tflops: float | None = None
         return None
     name = torch.cuda.get_device_name(device)
     return next((peak for key, peak in PEAK_BF16_FLOPS if key in name), None)
-
-
-def fsdp_auto_wrap_policy() -> Callable[..., bool]:
-    """FSDP auto-wrap policy of the GPT: one FSDP unit per `TransformerBlock` (embeddings/head in the root unit).
-
-    Same policy as the accelerate config in docs/train_ar.md (`TRANSFORMER_BASED_WRAP`, `TransformerBlock`).
-    """
-    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
-
-    return functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={TransformerBlock})
 
 
 # ---------------------------------------------------------------------------------------------
