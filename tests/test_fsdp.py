@@ -73,10 +73,16 @@ def test_fsdp_two_processes_match_one_process_and_resume_bit_exact(tmp_path):
         units = [n for n, m in gpt.named_modules() if is_fsdp(m)]
         shards = {{n: [list(p.shape), list(p.to_local().shape)] for n, p in gpt.named_parameters()}}
         (tmp / ("units" + os.environ["RANK"] + ".json")).write_text(repr([units, shards]))
-        # dropout on (RNG states matter): 4 steps at once vs 2 steps + resume to 4
-        kw = dict(fsdp=True, save_every=2, val_count=5, ema_decay=0.5)
+        # dropout on (RNG states matter): 4 steps at once vs SIGTERM (to both ranks, as torchrun forwards it)
+        # during step 2, then resume to 4
+        import signal
+        kw = dict(fsdp=True, save_every=3, val_count=5, ema_decay=0.5)
         train_ar(cfg_for(store, tmp / "full", steps=4, **kw))
-        train_ar(cfg_for(store, tmp / "half", steps=2, **kw))
+        def observer(rank, step, rows):
+            if step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+        res = train_ar(cfg_for(store, tmp / "half", steps=4, **kw), observer=observer)
+        assert res.result.interrupted and res.result.step == 2, res.result
         train_ar(cfg_for(store, tmp / "half", steps=4, resume=True, **kw))
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -146,11 +152,12 @@ def test_fsdp_two_processes_match_one_process_and_resume_bit_exact(tmp_path):
     assert [r["step"] for r in mb] == [1, 2, 3, 4] and strip(ma) == strip(mb)
     ca, cb = (latest_checkpoint(tmp_path / r / "checkpoints") for r in ("full", "half"))
     assert ca.name == cb.name == "step_00000004"
+    assert sorted(p.name for p in cb.parent.iterdir()) == ["step_00000002", "step_00000003", "step_00000004"]
     assert _equal_trees(_gathered(ca, tmp_path), _gathered(cb, tmp_path))  # model, AdamW and EMA states
 
     # resuming an FSDP run without --fsdp is refused before any step
     with pytest.raises(ValueError, match=r"written with FSDP models \['gpt'\].*same --fsdp"):
-        train_ar(cfg_for(store, tmp_path / "full", steps=6, resume=True, save_every=2, val_count=5,
+        train_ar(cfg_for(store, tmp_path / "full", steps=6, resume=True, save_every=3, val_count=5,
                          ema_decay=0.5))
     assert [r["step"] for r in read_metrics(tmp_path / "full" / "metrics.jsonl")] == [1, 2, 3, 4]
 
