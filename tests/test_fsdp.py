@@ -76,7 +76,7 @@ def test_fsdp_two_processes_match_one_process_and_resume_bit_exact(tmp_path):
         # dropout on (RNG states matter): 4 steps at once vs SIGTERM (to both ranks, as torchrun forwards it)
         # during step 2, then resume to 4
         import signal
-        kw = dict(fsdp=True, save_every=3, val_count=5, ema_decay=0.5)
+        kw = dict(fsdp=True, save_every=3, val_count=5, ema_decay=0.5, grad_clip=0.0)  # norm of sharded grads
         train_ar(cfg_for(store, tmp / "full", steps=4, **kw))
         def observer(rank, step, rows):
             if step == 1:
@@ -122,6 +122,7 @@ def test_fsdp_two_processes_match_one_process_and_resume_bit_exact(tmp_path):
         va, vb = [r.get(key) for r in ra], [r.get(key) for r in rb]
         assert [v is None for v in va] == [v is None for v in vb] and va[-1] is not None
         assert [v for v in va if v is not None] == pytest.approx([v for v in vb if v is not None], abs=1e-5)
+    assert max(r["grad_norm_gpt"] for r in ra) > 1.0  # gradient clipping at 1.0 was active
     assert json.loads((tmp_path / "nodrop" / "config.json").read_text())["train"]["world_size"] == 2
 
     # the sharded checkpoint gathers to the live weights and the EMA that was exported
@@ -150,6 +151,7 @@ def test_fsdp_two_processes_match_one_process_and_resume_bit_exact(tmp_path):
     strip = lambda rs: [{k: v for k, v in r.items() if k not in TIME_DEPENDENT_KEYS} for r in rs]  # noqa: E731
     ma, mb = read_metrics(tmp_path / "full" / "metrics.jsonl"), read_metrics(tmp_path / "half" / "metrics.jsonl")
     assert [r["step"] for r in mb] == [1, 2, 3, 4] and strip(ma) == strip(mb)
+    assert all(0 < r["grad_norm_gpt"] < 100 for r in ma)  # --grad-clip 0: unclipped norm over the shards
     ca, cb = (latest_checkpoint(tmp_path / r / "checkpoints") for r in ("full", "half"))
     assert ca.name == cb.name == "step_00000004"
     assert sorted(p.name for p in cb.parent.iterdir()) == ["step_00000002", "step_00000003", "step_00000004"]
@@ -158,7 +160,7 @@ def test_fsdp_two_processes_match_one_process_and_resume_bit_exact(tmp_path):
     # resuming an FSDP run without --fsdp is refused before any step
     with pytest.raises(ValueError, match=r"written with FSDP models \['gpt'\].*same --fsdp"):
         train_ar(cfg_for(store, tmp_path / "full", steps=6, resume=True, save_every=3, val_count=5,
-                         ema_decay=0.5))
+                         ema_decay=0.5, grad_clip=0.0))
     assert [r["step"] for r in read_metrics(tmp_path / "full" / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
