@@ -54,7 +54,9 @@ def _debug_enabled() -> bool:
 
 
 def _tensor_sha256(t: torch.Tensor) -> str:
-    """SHA-256 hex digest of the raw bytes of `t` (any dtype/device; contiguous CPU copy, dtype kept)."""
+    """SHA-256 hex digest of the raw bytes of `t` (any dtype/device; contiguous CPU copy, dtype kept; a sharded
+    DTensor is hashed by its local shard)."""
+    t = t.to_local() if hasattr(t, "to_local") else t
     flat = t.detach().cpu().contiguous().reshape(-1)
     return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
 
