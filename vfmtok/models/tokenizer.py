@@ -14,143 +14,36 @@ The frozen VFM is NOT a registered submodule: it is kept in a plain attribute so
 `state_dict()`, `parameters()` (optimizers, DDP) or saved weights, while `.to()/.cuda()/.half()` still move
 it (`_apply` is overridden). Deep copies (e.g. an EMA model) share the same frozen encoder until one of them
 is moved or cast, which then takes a private copy (so `copy.deepcopy(tok).to("cpu")` leaves `tok` alone).
+
+Layout: `vfmtok.models.tokenizer_config` (TokenizerConfig, presets, resolve_config), this module (the model),
+`vfmtok.models.tokenizer_io` (create / save / load, the authors' `.pt`). Every public name of those modules is
+re-exported here.
 """
 from __future__ import annotations
 
 import copy
-import json
-import math
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from vfmtok.configs import TOKENIZER_PRESETS, config_from_dict, config_to_dict
 from vfmtok.models.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from vfmtok.models.quantizer import VectorQuantizer
 from vfmtok.models.region_encoder import RegionEncoder
+from vfmtok.models.tokenizer_config import TokenizerConfig, resolve_config
+from vfmtok.models.tokenizer_io import (CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, create_tokenizer,
+                                        load_tokenizer, save_tokenizer)
 from vfmtok.models.vfm import FrozenVFM
 from vfmtok.models.vit_decoder import ViTDecoder, ViTDecoderConfig
 
-WEIGHTS_FILE = "tokenizer.safetensors"
-CONFIG_FILE = "config.json"
-FORMAT = "vfmtok-tokenizer"
-FORMAT_VERSION = 1
-
-
-# ---------------------------------------------------------------------------------------------
-# config
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class TokenizerConfig:
-    """Everything that defines a tokenizer's shape (JSON-serialisable; defaults = the paper's `vfmtok-l`).
-
-    Attributes:
-        image_size: S, pixels of the square image the VFM sees and the decoder outputs (336).
-        vfm_name: timm model name of the frozen encoder ("vit_large_patch14_reg4_dinov2.lvd142m").
-        vfm_levels: 0-based block indices used as feature levels ((5, 11, 17, 23)); the last is final-normed.
-        vfm_kwargs: extra timm constructor keywords (a small random ViT for `tiny`).
-        vfm_pretrained: True: weights come from timm's pretrained source or `encoder_weights`; False: random
-            init, reproducible from `vfm_seed` (used by `tiny`).
-        vfm_seed: seed of the random encoder init when `vfm_pretrained` is False.
-        dim: D, width of the region encoder and ViT decoder (512).
-        num_queries: Q, tokens per image; must be a square (256 = 16 x 16).
-        encoder_depth: deformable layers (6).
-        encoder_heads: self-attention heads of the region encoder (8).
-        deform_heads: deformable-attention heads (8).
-        deform_points: sampling points per head and level (4).
-        encoder_ffn_dim: FFN width of the region encoder (min(4 D, 1024) = 1024).
-        codebook_size: K codes (16384).
-        codebook_dim: d, code vector size (12).
-        commit_weight: commitment loss weight (0.25).
-        decoder_depth, decoder_heads, decoder_mlp_dim: ViT decoder blocks (6), heads (8), nominal FFN (2048 ->
-            SwiGLU 1368).
-        decoder_registers: decoder register tokens (4; they influence nothing).
-        decoder_attn_dropout: attention dropout of the ViT decoder in training (0.1).
-        semantic_dim: width of the predicted VFM features; 0 = the VFM width (1024 for DINOv2-L).
-        pixel_ch, pixel_ch_mult, pixel_num_res_blocks: CNN pixel decoder (128, (1, 1, 2, 2, 4), 1); the
-            decoder grid is g = S / 2**(len(pixel_ch_mult) - 1) (21 at 336 px).
-    """
-
-    image_size: int = 336
-    vfm_name: str = "vit_large_patch14_reg4_dinov2.lvd142m"
-    vfm_levels: tuple[int, ...] = (5, 11, 17, 23)
-    vfm_kwargs: dict[str, Any] = field(default_factory=dict)
-    vfm_pretrained: bool = True
-    vfm_seed: int = 0
-    dim: int = 512
-    num_queries: int = 256
-    encoder_depth: int = 6
-    encoder_heads: int = 8
-    deform_heads: int = 8
-    deform_points: int = 4
-    encoder_ffn_dim: int = 1024
-    codebook_size: int = 16384
-    codebook_dim: int = 12
-    commit_weight: float = 0.25
-    decoder_depth: int = 6
-    decoder_heads: int = 8
-    decoder_mlp_dim: int = 2048
-    decoder_registers: int = 4
-    decoder_attn_dropout: float = 0.1
-    semantic_dim: int = 0
-    pixel_ch: int = 128
-    pixel_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
-    pixel_num_res_blocks: int = 1
-
-    def __post_init__(self) -> None:
-        self.vfm_levels = tuple(self.vfm_levels)
-        self.pixel_ch_mult = tuple(self.pixel_ch_mult)
-        side = math.isqrt(self.num_queries)
-        if side * side != self.num_queries:
-            raise ValueError(f"TokenizerConfig: num_queries={self.num_queries} must be a perfect square")
-        up = 2 ** (len(self.pixel_ch_mult) - 1)
-        if self.image_size % up:
-            raise ValueError(f"TokenizerConfig: image_size={self.image_size} must be divisible by the pixel decoder's "
-                             f"upsampling factor {up} (2**(len(pixel_ch_mult)-1))")
-        for name in ("dim", "encoder_depth", "codebook_size", "codebook_dim", "image_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"TokenizerConfig: {name} must be positive, got {getattr(self, name)}")
-
-    @property
-    def num_tokens(self) -> int:
-        """Tokens per image L (= num_queries)."""
-        return self.num_queries
-
-    @property
-    def token_grid(self) -> int:
-        """Side of the token (query) grid (16)."""
-        return math.isqrt(self.num_queries)
-
-    @property
-    def decoder_grid(self) -> int:
-        """Side g of the pixel decoder's input grid (S / 16 = 21)."""
-        return self.image_size // 2 ** (len(self.pixel_ch_mult) - 1)
-
-
-def _vfmtok_l() -> TokenizerConfig:
-    return TokenizerConfig()
-
-
-def _tiny() -> TokenizerConfig:
-    return TokenizerConfig(
-        image_size=112,
-        vfm_name="vit_small_patch14_reg4_dinov2",
-        vfm_levels=(0, 1, 2, 3),
-        vfm_kwargs={"embed_dim": 64, "depth": 4, "num_heads": 2},
-        vfm_pretrained=False,
-        dim=64, num_queries=64, encoder_depth=2, encoder_heads=4, deform_heads=4, deform_points=4,
-        encoder_ffn_dim=128, codebook_size=1024, codebook_dim=8,
-        decoder_depth=2, decoder_heads=4, decoder_mlp_dim=128, decoder_attn_dropout=0.0,
-        pixel_ch=32, pixel_ch_mult=(1, 1, 2, 2, 2), pixel_num_res_blocks=0,
-    )
-
-
-TOKENIZER_PRESETS.setdefault("vfmtok-l", _vfmtok_l)
-TOKENIZER_PRESETS.setdefault("tiny", _tiny)
+__all__ = [
+    "CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE",
+    "TokenizerConfig", "TokenizerOutput", "VFMTokenizer",
+    "create_tokenizer", "load_tokenizer", "resolve_config", "save_tokenizer",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,148 +294,3 @@ class VFMTokenizer(nn.Module):
         if semantic:
             out["semantic_pred"] = sem
         return out
-
-
-# ---------------------------------------------------------------------------------------------
-# factories and weights I/O
-# ---------------------------------------------------------------------------------------------
-def resolve_config(name_or_config: str | TokenizerConfig | dict, **overrides: Any) -> TokenizerConfig:
-    """A preset name, a config, or a config dict (+ field overrides) -> TokenizerConfig.
-
-    Raises:
-        KeyError: unknown preset (lists the presets). ValueError: unknown override/config keys.
-    """
-    if isinstance(name_or_config, str):
-        if name_or_config not in TOKENIZER_PRESETS:
-            raise KeyError(f"unknown tokenizer preset {name_or_config!r}; available: {', '.join(sorted(TOKENIZER_PRESETS))}")
-        config = TOKENIZER_PRESETS[name_or_config]()
-    elif isinstance(name_or_config, dict):
-        config = config_from_dict(TokenizerConfig, name_or_config)
-    elif isinstance(name_or_config, TokenizerConfig):
-        config = copy.deepcopy(name_or_config)
-    else:
-        raise TypeError(f"expected a preset name, TokenizerConfig or dict, got {type(name_or_config).__name__}")
-    if overrides:
-        merged = {**config_to_dict(config), **overrides}
-        config = config_from_dict(TokenizerConfig, merged)
-    return config
-
-
-def create_tokenizer(name_or_config: str | TokenizerConfig | dict = "tiny", encoder_weights: str | Path | None = None,
-                     **overrides: Any) -> VFMTokenizer:
-    """Build a randomly initialised tokenizer around a frozen encoder.
-
-    Args:
-        name_or_config: preset name ("vfmtok-l", "tiny"), a TokenizerConfig, or a config dict.
-        encoder_weights: None (config default: timm pretrained weights or the seeded random init), "random",
-            or a weights file (timm state dict or official DINOv2 `.pth`).
-        **overrides: TokenizerConfig fields to change (e.g. codebook_size=4096).
-
-    Returns:
-        VFMTokenizer in training mode (the frozen encoder stays in eval mode).
-
-    Raises:
-        KeyError, ValueError, RuntimeError, FileNotFoundError: see `resolve_config` and `VFMTokenizer`.
-    """
-    return VFMTokenizer(resolve_config(name_or_config, **overrides), encoder_weights=encoder_weights)
-
-
-def save_tokenizer(tok: VFMTokenizer, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write `directory/tokenizer.safetensors` (trainable weights, frozen encoder excluded) and
-    `directory/config.json` ({"format", "format_version", "tokenizer": config, "encoder_weights", **extra}).
-
-    Args:
-        tok: the tokenizer (any device; tensors are copied to CPU, float dtype kept).
-        directory: created if missing; existing files of the same names are overwritten.
-        extra: additional JSON-serialisable entries for config.json (e.g. provenance).
-
-    Returns:
-        The directory path.
-    """
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in tok.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
-    source = tok.encoder_source
-    if Path(source).is_file():
-        source = str(Path(source).resolve())
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "tokenizer": config_to_dict(tok.config),
-            "encoder_weights": source, **(extra or {})}
-    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-    return directory
-
-
-def _config_from_json(path: Path) -> TokenizerConfig:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read the tokenizer config ({err})") from err
-    section = data.get("tokenizer", data) if isinstance(data, dict) else None
-    if not isinstance(section, dict):
-        raise ValueError(f"{path}: expected a JSON object with a 'tokenizer' config")
-    try:
-        return config_from_dict(TokenizerConfig, section)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: invalid tokenizer config: {err}") from err
-
-
-def load_tokenizer(path: str | Path, encoder_weights: str | Path | None = None,
-                   config: str | TokenizerConfig | dict | None = None, map_location: str | torch.device = "cpu"
-                   ) -> VFMTokenizer:
-    """Load a tokenizer for inference (returned in eval mode).
-
-    Args:
-        path: one of
-            * a run directory holding `tokenizer.safetensors` + `config.json`;
-            * a `.safetensors` file with `config.json` beside it;
-            * the authors' `vfmtok-tokenizer.pt` (its `ema` entry; config = `vfmtok-l` unless `config` is given),
-              loaded strictly: every key consumed, shapes equal, only the frozen encoder absent
-              (`slot_quantize.codebook_used` is accepted and ignored; backbone keys, if present, are used
-              as encoder weights when `encoder_weights` is None).
-        encoder_weights: frozen encoder source (see `create_tokenizer`); None = what the run recorded
-            (its weights file if it still exists), else the config default.
-        config: override the config (preset name, TokenizerConfig or dict); needed for official files of a
-            non-default shape.
-        map_location: device to place the model on.
-
-    Raises:
-        FileNotFoundError: path or companion files missing. ValueError: keys/shapes do not match (names them).
-    """
-    from vfmtok.convert import load_official_tokenizer_state, strict_load
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"tokenizer checkpoint not found: {path}")
-    recorded = None
-    if path.is_dir() or path.suffix == ".safetensors":
-        weights = path / WEIGHTS_FILE if path.is_dir() else path
-        cfg_file = weights.parent / CONFIG_FILE
-        for needed in (weights, cfg_file):
-            if not needed.is_file():
-                raise FileNotFoundError(f"{needed} not found (a tokenizer run holds {WEIGHTS_FILE} and {CONFIG_FILE})")
-        cfg = resolve_config(config) if config is not None else _config_from_json(cfg_file)
-        recorded = json.loads(cfg_file.read_text()).get("encoder_weights")
-        from safetensors.torch import load_file
-
-        state = load_file(str(weights))
-        backbone = None
-    else:
-        cfg = resolve_config(config if config is not None else "vfmtok-l")
-        state, backbone = load_official_tokenizer_state(path)
-    if encoder_weights is None and recorded not in (None, "pretrained", "random") and Path(recorded).is_file():
-        encoder_weights = recorded
-    if encoder_weights is None and backbone:
-        tok = VFMTokenizer(cfg, encoder_weights=backbone)
-        tok.encoder_source = f"{path}#backbone"
-    else:
-        try:
-            tok = VFMTokenizer(cfg, encoder_weights=encoder_weights)
-        except (RuntimeError, FileNotFoundError) as err:
-            if encoder_weights is None and recorded not in (None, "pretrained", "random"):
-                raise type(err)(f"{err} (the run recorded encoder weights {recorded}, which were not found; "
-                                "pass encoder_weights=PATH)") from err
-            raise
-    strict_load(tok, state, source=str(path))
-    return tok.to(map_location).eval()
