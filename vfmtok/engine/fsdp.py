@@ -80,7 +80,7 @@ def shard_model(model: nn.Module, block_types: Iterable[type], device: torch.dev
                            "train-ar ... --fsdp`); torch.distributed is not initialised in this process")
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     kinds = tuple(block_types)
-    for sub in list(model.modules()):
+    for sub in reversed(list(model.modules())):  # innermost first (fully_shard needs children before parents)
         if sub is not model and isinstance(sub, kinds):
             fully_shard(sub, mesh=mesh)
     fully_shard(model, mesh=mesh)
