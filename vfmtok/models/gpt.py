@@ -43,7 +43,8 @@ class GPT(nn.Module):
     """Class-conditional LlamaGen GPT (state-dict keys = the authors' `GPT-*.pt` keys).
 
     Set `activation_checkpointing = True` to recompute each `TransformerBlock` in the backward pass
-    (training only; same gradients, dropout masks preserved). For FSDP, wrap per `TransformerBlock`.
+    (training only; same gradients, dropout masks preserved). FSDP: `vfmtok.engine.fsdp.shard_model` shards
+    per `TransformerBlock`.
 
     Args:
         config: the `GPTConfig`.
