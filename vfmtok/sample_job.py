@@ -20,37 +20,41 @@ Pipeline (docs/sample.md has the user-facing description):
 
 Resume: rerunning with the same settings skips chunks whose shard exists (a shard is written only after its
 PNGs). A DIR made with other settings is refused unless `overwrite`.
+
+Layout: `vfmtok.sample_plan` (labels, chunks, grid rows), `vfmtok.sample_checkpoints` (step 1),
+`vfmtok.sample_output` (the output folder, resume, assembly), this module (options and the job). Every public
+name of those modules is re-exported here.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from vfmtok.distributed import barrier, broadcast, init_from_env
 from vfmtok.hashing import sha256_file
+from vfmtok.sample_checkpoints import (GPT_FORMAT, Checkpoints, _read_json, check_compatible, find_latest_gpt_run,
+                                       resolve_checkpoints, verify_tokenizer_sha)
+from vfmtok.sample_output import (CONFIG_NAME, GRID_NAME, NPZ_NAME, SAMPLES_FORMAT, SampleDirError, _assemble,
+                                  _commit_chunk, prepare_dir, render_grid)
+from vfmtok.sample_plan import LABEL_MODES, chunk_range, grid_rows, make_labels, random_label, split_chunks
 from vfmtok.sampling import SCHEDULES, cfg_scales
 
-GPT_FORMAT = "vfmtok.gpt"
-LABEL_MODES = ("random", "balanced")
-CONFIG_NAME = "sample_config.json"
-NPZ_NAME = "samples.npz"
-GRID_NAME = "grid.png"
-
-
-class SampleDirError(ValueError):
-    """The output folder holds something this job must not overwrite (other settings, not a sample folder)."""
+__all__ = [
+    "CONFIG_NAME", "GPT_FORMAT", "GRID_NAME", "LABEL_MODES", "NPZ_NAME", "SAMPLES_FORMAT",
+    "Checkpoints", "SampleDirError", "SampleOptions",
+    "check_compatible", "chunk_range", "find_latest_gpt_run", "grid_rows", "make_labels", "prepare_dir",
+    "random_label", "render_grid", "resolve_checkpoints", "run_sample", "split_chunks", "verify_tokenizer_sha",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,341 +127,6 @@ class SampleOptions:
         cfg_scales(1, self.cfg_scale, self.cfg_schedule, self.cfg_power, self.cfg_interval)  # raises on bad values
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"--mixed-precision {self.mixed_precision!r}: expected no, bf16 or fp16")
-
-
-# ---------------------------------------------------------------------------------------------
-# Labels and the chunk plan
-# ---------------------------------------------------------------------------------------------
-def random_label(seed: int, index: int, num_classes: int) -> int:
-    """Label of sample `index` under `--labels random`: floor(u * C), u = BLAKE2b-64("vfmtok-label:{seed}:{index}") / 2^64.
-
-    Depends only on (seed, index, C); uniform over [0, C) up to a bias below C / 2^64.
-    """
-    digest = hashlib.blake2b(f"vfmtok-label:{seed}:{index}".encode(), digest_size=8).digest()
-    return (int.from_bytes(digest, "little") * num_classes) >> 64
-
-
-def make_labels(num_samples: int, num_classes: int, classes: Sequence[int] | None = None, mode: str = "random",
-                seed: int = 0) -> np.ndarray:
-    """Class label of every sample.
-
-    Args:
-        num_samples: N. num_classes: C of the GPT (ids must lie in [0, C)).
-        classes: ids cycled in order (label_i = classes[i % len(classes)]); overrides `mode`.
-        mode: "balanced" (label_i = i mod C, interleaved) or "random" (`random_label`).
-        seed: global seed (random mode).
-
-    Returns:
-        (N,) int64 array.
-
-    Raises:
-        ValueError: a class id outside [0, C) (names it), an unknown mode.
-    """
-    if classes is not None:
-        bad = [c for c in classes if not 0 <= int(c) < num_classes]
-        if bad:
-            raise ValueError(f"--class {bad[0]} out of range: this GPT has {num_classes} classes, ids must be in "
-                             f"[0, {num_classes}) (the null class {num_classes} is used only through CFG)")
-        cyc = np.asarray([int(c) for c in classes], dtype=np.int64)
-        return cyc[np.arange(num_samples) % len(cyc)]
-    if mode == "balanced":
-        return np.arange(num_samples, dtype=np.int64) % num_classes
-    if mode == "random":
-        return np.asarray([random_label(seed, i, num_classes) for i in range(num_samples)], dtype=np.int64)
-    raise ValueError(f"--labels {mode!r}: expected one of {', '.join(LABEL_MODES)}")
-
-
-def chunk_range(chunk: int, num_samples: int, decode_batch: int) -> range:
-    """Global indices of chunk k: [k D, min((k+1) D, N))."""
-    return range(chunk * decode_batch, min((chunk + 1) * decode_batch, num_samples))
-
-
-def split_chunks(chunks: Sequence[int], world_size: int, rank: int) -> list[int]:
-    """Contiguous share of `chunks` for `rank`: chunks[m r // W : m (r+1) // W], m = len(chunks) (may be empty)."""
-    m = len(chunks)
-    return list(chunks[m * rank // world_size : m * (rank + 1) // world_size])
-
-
-def grid_rows(labels: np.ndarray, max_images: int = 64) -> list[list[int]]:
-    """Indices shown in grid.png, as rows.
-
-    With 2..8 distinct classes among the samples, one row per class (in order of first appearance) holding its
-    first min(8, max_images // #classes) images; otherwise the first min(N, max_images) indices in rows of
-    ceil(sqrt(k)) images.
-
-    Returns:
-        A list of rows, each a list of sample indices (rows may be shorter than the longest).
-    """
-    labels = np.asarray(labels)
-    order = list(dict.fromkeys(int(c) for c in labels))
-    if 1 < len(order) <= 8:
-        per_row = min(8, max(1, max_images // len(order)))
-        return [[int(i) for i in np.flatnonzero(labels == c)[:per_row]] for c in order]
-    k = min(len(labels), max_images)
-    cols = max(1, math.ceil(math.sqrt(k)))
-    return [list(range(s, min(s + cols, k))) for s in range(0, k, cols)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoint resolution
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Checkpoints:
-    """Resolved inputs: the GPT path/file, its run config (None for the authors' .pt), the tokenizer path/file."""
-
-    gpt: Path
-    gpt_file: Path
-    run_config: dict[str, Any] | None
-    tokenizer: Path
-    tokenizer_file: Path
-    chosen_automatically: bool = False
-
-
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def find_latest_gpt_run(root: str | Path = "runs", max_depth: int = 3) -> Path:
-    """The GPT run under `root` whose `model.safetensors` is newest (mtime).
-
-    A run is a folder holding `model.safetensors` and a `config.json` with "format": "vfmtok.gpt", at most
-    `max_depth` folders below `root` (folders named `checkpoints` are skipped).
-
-    Raises:
-        FileNotFoundError: `root` missing or no GPT run in it (says how to pass --ckpt).
-    """
-    root = Path(root)
-    found: list[tuple[float, Path]] = []
-    for depth in range(1, max_depth + 1):
-        for weights in root.glob("/".join(["*"] * depth) + "/model.safetensors"):
-            run = weights.parent
-            if "checkpoints" in run.relative_to(root).parts:
-                continue
-            cfg = _read_json(run / "config.json")
-            if cfg is not None and cfg.get("format") == GPT_FORMAT:
-                found.append((weights.stat().st_mtime, run))
-    if not found:
-        raise FileNotFoundError(f"no GPT run found under {root.resolve()} (a folder with model.safetensors and a "
-                                f"config.json of format {GPT_FORMAT!r}); train one with `vfmtok train-ar` or pass "
-                                "--ckpt RUN_DIR | model.safetensors | GPT-*.pt")
-    return max(found, key=lambda item: (item[0], str(item[1])))[1]
-
-
-def _gpt_run_config(gpt: Path) -> dict[str, Any] | None:
-    cfg_file = gpt / "config.json" if gpt.is_dir() else gpt.parent / "config.json"
-    if gpt.is_file() and gpt.suffix != ".safetensors":
-        return None
-    cfg = _read_json(cfg_file)
-    return cfg if cfg is not None and cfg.get("format") == GPT_FORMAT else None
-
-
-def _tokenizer_weights(path: Path) -> Path:
-    return path / "tokenizer.safetensors" if path.is_dir() else path
-
-
-def resolve_checkpoints(ckpt: str | Path | None, tokenizer: str | Path | None, runs_root: str | Path = "runs") -> Checkpoints:
-    """Find the GPT and the tokenizer (rules in the module docstring).
-
-    Without `tokenizer`, the run's "tokenizer" entry (a path, or a dict with "path"/"file") is used, else the
-    "path" recorded in the manifest of the run's "token_store"; a relative path is looked up relative to the
-    run folder, then to the current directory.
-
-    Raises:
-        FileNotFoundError: a path that does not exist; no tokenizer given and none recorded (explains
-            `--tokenizer`).
-    """
-    auto = ckpt is None
-    gpt = find_latest_gpt_run(runs_root) if auto else Path(ckpt)
-    if not gpt.exists():
-        raise FileNotFoundError(f"--ckpt {gpt}: not found (a GPT run directory, a .safetensors, or GPT-*.pt)")
-    gpt_file = gpt / "model.safetensors" if gpt.is_dir() else gpt
-    if not gpt_file.is_file():
-        raise FileNotFoundError(f"--ckpt {gpt}: no model.safetensors in this directory")
-    run_cfg = _gpt_run_config(gpt)
-    if tokenizer is None:
-        recorded = (run_cfg or {}).get("tokenizer")
-        if isinstance(recorded, dict):
-            recorded = recorded.get("path") or recorded.get("file")
-        store = (run_cfg or {}).get("token_store")
-        if not recorded and isinstance(store, str):  # fall back to the token store's own record
-            store_path = Path(store) if Path(store).is_absolute() else (gpt if gpt.is_dir() else gpt.parent) / store
-            recorded = ((_read_json(store_path / "manifest.json") or {}).get("tokenizer") or {}).get("path")
-        if not recorded:
-            if gpt_file.suffix not in (".safetensors",):
-                raise FileNotFoundError(f"--ckpt {gpt}: the authors' GPT-*.pt does not name its tokenizer; pass "
-                                        "--tokenizer vfmtok-tokenizer.pt (or a tokenizer run)")
-            raise FileNotFoundError(f"--ckpt {gpt}: no tokenizer recorded in its config.json (keys 'tokenizer' or "
-                                    "'token_store'); pass --tokenizer RUN_OR_FILE")
-        rec = Path(recorded)
-        base = gpt if gpt.is_dir() else gpt.parent
-        candidates = [rec] if rec.is_absolute() else [base / rec, rec]
-        tok_path = next((c for c in candidates if c.exists()), None)
-        if tok_path is None:
-            raise FileNotFoundError(f"the tokenizer recorded by {gpt} ({recorded}) was not found; pass --tokenizer")
-    else:
-        tok_path = Path(tokenizer)
-        if not tok_path.exists():
-            raise FileNotFoundError(f"--tokenizer {tok_path}: not found (a tokenizer run directory, a .safetensors, "
-                                    "or vfmtok-tokenizer.pt)")
-    tok_file = _tokenizer_weights(tok_path)
-    if not tok_file.is_file():
-        raise FileNotFoundError(f"--tokenizer {tok_path}: no tokenizer.safetensors in this directory")
-    return Checkpoints(gpt, gpt_file, run_cfg, tok_path, tok_file, auto)
-
-
-def check_compatible(gpt_cfg: Any, tok_cfg: Any, gpt_src: Path, tok_src: Path) -> None:
-    """Refuse a GPT/tokenizer pair whose vocabulary or sequence length differ.
-
-    Raises:
-        ValueError: vocab_size != codebook_size, or seq_len (grid_size^2) != num_tokens (names both files).
-    """
-    if gpt_cfg.vocab_size != tok_cfg.codebook_size:
-        raise ValueError(f"GPT {gpt_src} has vocabulary {gpt_cfg.vocab_size} but tokenizer {tok_src} has "
-                         f"{tok_cfg.codebook_size} codes: they were not trained together")
-    if gpt_cfg.seq_len != tok_cfg.num_tokens:
-        raise ValueError(f"GPT {gpt_src} generates {gpt_cfg.seq_len} tokens per image (grid {gpt_cfg.grid_size}) but "
-                         f"tokenizer {tok_src} decodes {tok_cfg.num_tokens}: they were not trained together")
-
-
-def verify_tokenizer_sha(run_cfg: dict[str, Any] | None, tok_sha: str, tok_src: Path, run_dir: Path | None = None
-                         ) -> bool | None:
-    """Compare the run's recorded "tokenizer_sha256" with the tokenizer file's sha256.
-
-    Accepted: equal to the file sha256; or equal to the token store's tokenizer fingerprint ("weights_sha256"
-    in `<token_store>/manifest.json`, a relative token_store taken from `run_dir`) when that manifest's
-    "file_sha256" is this file's.
-
-    Returns:
-        True (verified), None (nothing recorded).
-
-    Raises:
-        ValueError: a recorded sha that matches neither (names both).
-    """
-    recorded = (run_cfg or {}).get("tokenizer_sha256")
-    if not recorded:
-        return None
-    if recorded == tok_sha:
-        return True
-    store = (run_cfg or {}).get("token_store")
-    if isinstance(store, str) and not Path(store).is_absolute() and run_dir is not None:
-        store = str(run_dir / store)
-    manifest = _read_json(Path(store) / "manifest.json") if isinstance(store, str) else None
-    tok_info = (manifest or {}).get("tokenizer") or {}
-    if tok_info.get("file_sha256") == tok_sha and tok_info.get("weights_sha256") == recorded:
-        return True
-    raise ValueError(f"tokenizer {tok_src} (sha256 {tok_sha[:16]}...) is not the one this GPT was trained with "
-                     f"(recorded tokenizer_sha256 {str(recorded)[:16]}...); pass the right --tokenizer")
-
-
-# ---------------------------------------------------------------------------------------------
-# Distribution helpers (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK)
-# ---------------------------------------------------------------------------------------------
-
-
-
-
-
-
-# ---------------------------------------------------------------------------------------------
-# The output folder
-# ---------------------------------------------------------------------------------------------
-SAMPLES_FORMAT = "vfmtok.samples"
-_OUR_ENTRIES = ("images", "parts", NPZ_NAME, GRID_NAME, CONFIG_NAME)
-
-
-def _chunk_file(out: Path, chunk: int) -> Path:
-    return out / "parts" / f"chunk_{chunk:06d}.npy"
-
-
-def _clear(out: Path) -> None:
-    """Remove only this job's artifacts from `out` (other files are left alone)."""
-    for name in _OUR_ENTRIES:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
-def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def prepare_dir(out: Path, settings: dict[str, Any], overwrite: bool, num_chunks: int, record: dict[str, Any]
-                ) -> list[int] | None:
-    """Make `out` ready and return the chunks still to sample (None: already complete with these settings).
-
-    Raises:
-        SampleDirError: `out` is a file; holds other files but no sample_config.json; or was made with other
-            settings (lists the differing keys) -- unless `overwrite`, which removes only this job's artifacts.
-    """
-    if out.exists() and not out.is_dir():
-        raise SampleDirError(f"--out {out} is a file, expected a folder")
-    if out.is_dir() and any(out.iterdir()):
-        existing = _read_json(out / CONFIG_NAME)
-        if existing is None or existing.get("format") != SAMPLES_FORMAT:
-            if not overwrite:
-                raise SampleDirError(f"--out {out} exists and is not a vfmtok sample folder (no {CONFIG_NAME}); "
-                                     "choose another --out, or pass --overwrite (removes only images/, parts/, "
-                                     f"{NPZ_NAME}, {GRID_NAME}, {CONFIG_NAME})")
-            _clear(out)
-        elif existing.get("settings") != settings:
-            if not overwrite:
-                old = existing.get("settings") or {}
-                keys = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-                detail = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in keys[:6])
-                raise SampleDirError(f"--out {out} holds samples made with other settings ({detail}); choose "
-                                     "another --out or pass --overwrite to replace them")
-            _clear(out)
-        elif existing.get("complete") and (out / NPZ_NAME).is_file():
-            if not overwrite:
-                return None
-            _clear(out)
-    (out / "parts").mkdir(parents=True, exist_ok=True)
-    if record["options"]["png"]:
-        (out / "images").mkdir(exist_ok=True)
-    _write_json_atomic(out / CONFIG_NAME, {**record, "complete": False})
-    return [k for k in range(num_chunks) if not _chunk_file(out, k).is_file()]
-
-
-def _save_png(path: Path, pixels: np.ndarray) -> None:
-    from PIL import Image
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(pixels, "RGB").save(tmp, format="PNG", compress_level=4)
-    os.replace(tmp, path)
-
-
-def _commit_chunk(out: Path, chunk: int, start: int, pixels: np.ndarray, png: bool) -> None:
-    """Write the chunk's PNGs, then its shard (the shard marks the chunk done)."""
-    if png:
-        for j, image in enumerate(pixels):
-            _save_png(out / "images" / f"{start + j:06d}.png", image)
-    shard = _chunk_file(out, chunk)
-    tmp = shard.with_name(f".{shard.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, pixels, allow_pickle=False)
-    os.replace(tmp, shard)
-
-
-def render_grid(tiles: list[list[np.ndarray]], pad: int = 2, fill: int = 255) -> np.ndarray:
-    """Tile rows of (S, S, 3) uint8 images with `pad` pixels of `fill` between and around them -> (H, W, 3) uint8."""
-    side = tiles[0][0].shape[0]
-    cols = max(len(row) for row in tiles)
-    canvas = np.full((pad + len(tiles) * (side + pad), pad + cols * (side + pad), 3), fill, dtype=np.uint8)
-    for r, row in enumerate(tiles):
-        for c, image in enumerate(row):
-            y, x = pad + r * (side + pad), pad + c * (side + pad)
-            canvas[y : y + side, x : x + side] = image
-    return canvas
 
 
 # ---------------------------------------------------------------------------------------------
@@ -638,45 +307,3 @@ def _sample_chunks(gpt, tok, labels: np.ndarray, chunks: list[int], out: Path, o
     finally:
         pool.shutdown(wait=True)
         bar.close()
-
-
-def _assemble(out: Path, labels: np.ndarray, num_chunks: int, opts: SampleOptions, record: dict[str, Any],
-              started: float) -> dict[str, Any]:
-    """Rank 0: stream the shards into samples.npz, fill missing PNGs, write grid.png and the final config."""
-    from PIL import Image
-
-    from vfmtok.data.adm_npz import NpzWriter
-
-    n, d, size = opts.num_samples, opts.decode_batch, opts.image_size
-    rows = grid_rows(labels)
-    wanted = {i for row in rows for i in row}
-    tiles: dict[int, np.ndarray] = {}
-    with NpzWriter(out / NPZ_NAME, count=n, height=size, width=size) as writer:
-        for k in range(num_chunks):
-            span = chunk_range(k, n, d)
-            shard = _chunk_file(out, k)
-            if not shard.is_file():
-                raise RuntimeError(f"{shard} is missing after all ranks finished; rerun the same command to resume")
-            pixels = np.load(shard, mmap_mode="r")
-            if pixels.dtype != np.uint8 or pixels.shape != (len(span), size, size, 3):
-                raise RuntimeError(f"{shard}: expected uint8 {(len(span), size, size, 3)}, got {pixels.dtype} "
-                                   f"{pixels.shape}; rerun with --overwrite")
-            writer.write(pixels, labels[span.start : span.stop])
-            for j, i in enumerate(span):
-                if i in wanted:
-                    tiles[i] = np.array(pixels[j])
-                if opts.png and not (out / "images" / f"{i:06d}.png").is_file():
-                    (out / "images").mkdir(exist_ok=True)
-                    _save_png(out / "images" / f"{i:06d}.png", np.array(pixels[j]))
-            del pixels
-    grid = render_grid([[tiles[i] for i in row] for row in rows])
-    Image.fromarray(grid, "RGB").save(out / GRID_NAME, format="PNG")
-    finished = time.time()
-    counts = np.bincount(labels, minlength=record["num_classes"])
-    record = {**record, "complete": True, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)),
-              "seconds": round(finished - started, 3), "images_per_second": round(n / max(finished - started, 1e-9), 3),
-              "classes_used": int((counts > 0).sum()), "grid_rows": rows,
-              "outputs": {"npz": NPZ_NAME, "grid": GRID_NAME, "images": "images/" if opts.png else None}}
-    _write_json_atomic(out / CONFIG_NAME, record)
-    shutil.rmtree(out / "parts", ignore_errors=True)
-    return record

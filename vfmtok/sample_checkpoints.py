@@ -1,0 +1,168 @@
+"""Checkpoint resolution of `vfmtok sample`: find the GPT (newest run under ./runs by default) and its tokenizer,
+and refuse a GPT/tokenizer pair that was not trained together.
+
+Every public name here is also importable from `vfmtok.sample_job`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GPT_FORMAT = "vfmtok.gpt"
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint resolution
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Checkpoints:
+    """Resolved inputs: the GPT path/file, its run config (None for the authors' .pt), the tokenizer path/file."""
+
+    gpt: Path
+    gpt_file: Path
+    run_config: dict[str, Any] | None
+    tokenizer: Path
+    tokenizer_file: Path
+    chosen_automatically: bool = False
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def find_latest_gpt_run(root: str | Path = "runs", max_depth: int = 3) -> Path:
+    """The GPT run under `root` whose `model.safetensors` is newest (mtime).
+
+    A run is a folder holding `model.safetensors` and a `config.json` with "format": "vfmtok.gpt", at most
+    `max_depth` folders below `root` (folders named `checkpoints` are skipped).
+
+    Raises:
+        FileNotFoundError: `root` missing or no GPT run in it (says how to pass --ckpt).
+    """
+    root = Path(root)
+    found: list[tuple[float, Path]] = []
+    for depth in range(1, max_depth + 1):
+        for weights in root.glob("/".join(["*"] * depth) + "/model.safetensors"):
+            run = weights.parent
+            if "checkpoints" in run.relative_to(root).parts:
+                continue
+            cfg = _read_json(run / "config.json")
+            if cfg is not None and cfg.get("format") == GPT_FORMAT:
+                found.append((weights.stat().st_mtime, run))
+    if not found:
+        raise FileNotFoundError(f"no GPT run found under {root.resolve()} (a folder with model.safetensors and a "
+                                f"config.json of format {GPT_FORMAT!r}); train one with `vfmtok train-ar` or pass "
+                                "--ckpt RUN_DIR | model.safetensors | GPT-*.pt")
+    return max(found, key=lambda item: (item[0], str(item[1])))[1]
+
+
+def _gpt_run_config(gpt: Path) -> dict[str, Any] | None:
+    cfg_file = gpt / "config.json" if gpt.is_dir() else gpt.parent / "config.json"
+    if gpt.is_file() and gpt.suffix != ".safetensors":
+        return None
+    cfg = _read_json(cfg_file)
+    return cfg if cfg is not None and cfg.get("format") == GPT_FORMAT else None
+
+
+def _tokenizer_weights(path: Path) -> Path:
+    return path / "tokenizer.safetensors" if path.is_dir() else path
+
+
+def resolve_checkpoints(ckpt: str | Path | None, tokenizer: str | Path | None, runs_root: str | Path = "runs") -> Checkpoints:
+    """Find the GPT and the tokenizer (rules in the module docstring).
+
+    Without `tokenizer`, the run's "tokenizer" entry (a path, or a dict with "path"/"file") is used, else the
+    "path" recorded in the manifest of the run's "token_store"; a relative path is looked up relative to the
+    run folder, then to the current directory.
+
+    Raises:
+        FileNotFoundError: a path that does not exist; no tokenizer given and none recorded (explains
+            `--tokenizer`).
+    """
+    auto = ckpt is None
+    gpt = find_latest_gpt_run(runs_root) if auto else Path(ckpt)
+    if not gpt.exists():
+        raise FileNotFoundError(f"--ckpt {gpt}: not found (a GPT run directory, a .safetensors, or GPT-*.pt)")
+    gpt_file = gpt / "model.safetensors" if gpt.is_dir() else gpt
+    if not gpt_file.is_file():
+        raise FileNotFoundError(f"--ckpt {gpt}: no model.safetensors in this directory")
+    run_cfg = _gpt_run_config(gpt)
+    if tokenizer is None:
+        recorded = (run_cfg or {}).get("tokenizer")
+        if isinstance(recorded, dict):
+            recorded = recorded.get("path") or recorded.get("file")
+        store = (run_cfg or {}).get("token_store")
+        if not recorded and isinstance(store, str):  # fall back to the token store's own record
+            store_path = Path(store) if Path(store).is_absolute() else (gpt if gpt.is_dir() else gpt.parent) / store
+            recorded = ((_read_json(store_path / "manifest.json") or {}).get("tokenizer") or {}).get("path")
+        if not recorded:
+            if gpt_file.suffix not in (".safetensors",):
+                raise FileNotFoundError(f"--ckpt {gpt}: the authors' GPT-*.pt does not name its tokenizer; pass "
+                                        "--tokenizer vfmtok-tokenizer.pt (or a tokenizer run)")
+            raise FileNotFoundError(f"--ckpt {gpt}: no tokenizer recorded in its config.json (keys 'tokenizer' or "
+                                    "'token_store'); pass --tokenizer RUN_OR_FILE")
+        rec = Path(recorded)
+        base = gpt if gpt.is_dir() else gpt.parent
+        candidates = [rec] if rec.is_absolute() else [base / rec, rec]
+        tok_path = next((c for c in candidates if c.exists()), None)
+        if tok_path is None:
+            raise FileNotFoundError(f"the tokenizer recorded by {gpt} ({recorded}) was not found; pass --tokenizer")
+    else:
+        tok_path = Path(tokenizer)
+        if not tok_path.exists():
+            raise FileNotFoundError(f"--tokenizer {tok_path}: not found (a tokenizer run directory, a .safetensors, "
+                                    "or vfmtok-tokenizer.pt)")
+    tok_file = _tokenizer_weights(tok_path)
+    if not tok_file.is_file():
+        raise FileNotFoundError(f"--tokenizer {tok_path}: no tokenizer.safetensors in this directory")
+    return Checkpoints(gpt, gpt_file, run_cfg, tok_path, tok_file, auto)
+
+
+def check_compatible(gpt_cfg: Any, tok_cfg: Any, gpt_src: Path, tok_src: Path) -> None:
+    """Refuse a GPT/tokenizer pair whose vocabulary or sequence length differ.
+
+    Raises:
+        ValueError: vocab_size != codebook_size, or seq_len (grid_size^2) != num_tokens (names both files).
+    """
+    if gpt_cfg.vocab_size != tok_cfg.codebook_size:
+        raise ValueError(f"GPT {gpt_src} has vocabulary {gpt_cfg.vocab_size} but tokenizer {tok_src} has "
+                         f"{tok_cfg.codebook_size} codes: they were not trained together")
+    if gpt_cfg.seq_len != tok_cfg.num_tokens:
+        raise ValueError(f"GPT {gpt_src} generates {gpt_cfg.seq_len} tokens per image (grid {gpt_cfg.grid_size}) but "
+                         f"tokenizer {tok_src} decodes {tok_cfg.num_tokens}: they were not trained together")
+
+
+def verify_tokenizer_sha(run_cfg: dict[str, Any] | None, tok_sha: str, tok_src: Path, run_dir: Path | None = None
+                         ) -> bool | None:
+    """Compare the run's recorded "tokenizer_sha256" with the tokenizer file's sha256.
+
+    Accepted: equal to the file sha256; or equal to the token store's tokenizer fingerprint ("weights_sha256"
+    in `<token_store>/manifest.json`, a relative token_store taken from `run_dir`) when that manifest's
+    "file_sha256" is this file's.
+
+    Returns:
+        True (verified), None (nothing recorded).
+
+    Raises:
+        ValueError: a recorded sha that matches neither (names both).
+    """
+    recorded = (run_cfg or {}).get("tokenizer_sha256")
+    if not recorded:
+        return None
+    if recorded == tok_sha:
+        return True
+    store = (run_cfg or {}).get("token_store")
+    if isinstance(store, str) and not Path(store).is_absolute() and run_dir is not None:
+        store = str(run_dir / store)
+    manifest = _read_json(Path(store) / "manifest.json") if isinstance(store, str) else None
+    tok_info = (manifest or {}).get("tokenizer") or {}
+    if tok_info.get("file_sha256") == tok_sha and tok_info.get("weights_sha256") == recorded:
+        return True
+    raise ValueError(f"tokenizer {tok_src} (sha256 {tok_sha[:16]}...) is not the one this GPT was trained with "
+                     f"(recorded tokenizer_sha256 {str(recorded)[:16]}...); pass the right --tokenizer")
