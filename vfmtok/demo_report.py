@@ -3,12 +3,18 @@
 Used by `make demo` (scripts/demo.sh) and by the end-to-end test:
 
     python -m vfmtok.demo_report class-check SAMPLES.npz TRAIN_DATA --inception-weights W.pth --json OUT.json
+    python -m vfmtok.demo_report psnr-baselines TRAIN_DATA VAL_DATA --size 56 --json OUT.json
     python -m vfmtok.demo_report summary DEMO_DIR
 
 Class check (issue #9 quality floor): every generated sample is assigned to the nearest class mean of the
 training photos' features (Euclidean distance); the reported number is the fraction assigned to the class
 it was generated for. Features are Inception-v3 pool3 (2048-d, the FID network) when weights are given,
 otherwise the tokenizer's frozen-encoder features (mean over patch tokens of the last level).
+
+PSNR baselines (to read the tokenizer's PSNR): on the same ADM centre crops of the validation images that
+`vfmtok evaluate --tokenizer` scores, the PSNR of two reconstructions that carry no detail of the image: its
+own mean colour (a flat image), and the mean image of its class's training crops (what a tokenizer that only
+recognised the class could output). A tokenizer whose PSNR is not above both has learnt nothing image-specific.
 """
 from __future__ import annotations
 
@@ -157,6 +163,59 @@ def class_check_cmd(
         json_out.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def psnr_baselines(train_dir: Path, val_dir: Path, size: int) -> dict:
+    """PSNR (dB, per image, averaged; images in [0, 1]) of two detail-free stand-ins for each validation image.
+
+    Args:
+        train_dir, val_dir: prepared data folders (`vfmtok prepare-data` output) with the same classes.
+        size: crop side in pixels (the tokenizer's `image_size`; ADM centre crop, as `evaluate --tokenizer`).
+
+    Returns:
+        dict with `mean_colour_psnr` (the image's own per-channel mean colour, flat), `class_mean_psnr` (the
+        pixel-wise mean of all training crops of its class), `count` (validation images) and `size`.
+
+    Raises:
+        ValueError: a validation class has no training image.
+    """
+    import torch
+
+    from vfmtok.metrics.recon import psnr
+
+    def crops(folder: Path) -> tuple[torch.Tensor, np.ndarray]:
+        images, labels = _train_crops(folder, size, per_class=10**9)
+        return torch.from_numpy(images).permute(0, 3, 1, 2).double() / 255.0, labels
+
+    train, train_labels = crops(train_dir)
+    val, val_labels = crops(val_dir)
+    missing = sorted(set(val_labels.tolist()) - set(train_labels.tolist()))
+    if missing:
+        raise ValueError(f"{val_dir}: classes {missing} have no training image in {train_dir}")
+    class_means = {int(c): train[torch.from_numpy(train_labels == c)].mean(0) for c in np.unique(train_labels)}
+    class_mean_images = torch.stack([class_means[int(c)] for c in val_labels])
+    flat = val.mean(dim=(2, 3), keepdim=True).expand_as(val)
+    return {
+        "mean_colour_psnr": float(psnr(flat, val).mean()),
+        "class_mean_psnr": float(psnr(class_mean_images, val).mean()),
+        "count": int(len(val)),
+        "size": int(size),
+    }
+
+
+@app.command("psnr-baselines")
+def psnr_baselines_cmd(
+    train: Annotated[Path, typer.Argument(help="prepared training data folder")],
+    val: Annotated[Path, typer.Argument(help="prepared validation data folder")],
+    size: Annotated[int, typer.Option("--size", help="tokenizer image_size (pixels)")],
+    json_out: Annotated[Optional[Path], typer.Option("--json")] = None,
+) -> None:
+    """PSNR of detail-free stand-ins (mean colour, class-mean image) for the validation crops."""
+    result = psnr_baselines(train, val, size)
+    typer.echo(f"PSNR baselines at {size} px on {result['count']} val images: own mean colour "
+               f"{result['mean_colour_psnr']:.2f} dB, class-mean image {result['class_mean_psnr']:.2f} dB")
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -175,9 +234,12 @@ def summary_cmd(out: Annotated[Path, typer.Argument(help="demo output folder")])
     tok = _load(out / "eval_tokenizer.json")
     smp = _load(out / "eval_samples.json")
     cls = _load(out / "class_check.json")
+    base = _load(out / "psnr_baselines.json")
     metrics_rows = [
         ("tokenizer rFID (val, 256 px)", tok.get("rfid")),
         ("tokenizer PSNR (dB)", tok.get("psnr")),
+        ("  baseline: class-mean image PSNR (dB)", base.get("class_mean_psnr")),
+        ("  baseline: own mean colour PSNR (dB)", base.get("mean_colour_psnr")),
         ("tokenizer SSIM", tok.get("ssim")),
         ("tokenizer codebook usage", tok.get("codebook_usage")),
         ("samples FID vs val ref", smp.get("fid")),
