@@ -55,7 +55,7 @@ def ddp_run(photos, tmp_path_factory):
 
 
 @pytest.mark.dist
-def test_two_process_run_trains_and_exports_the_ema_weights(ddp_run, photos):
+def test_two_process_run_trains_and_exports_the_ema_weights(ddp_run):
     import vfmtok
 
     recs = read_metrics(ddp_run / "metrics.jsonl")
