@@ -210,6 +210,8 @@ def test_grid_rows_by_class_or_square():
     assert sj.grid_rows(np.array([3, 5, 3, 5, 3])) == [[0, 2, 4], [1, 3]]
     assert sj.grid_rows(np.arange(100) % 50) == [list(range(s, s + 8)) for s in range(0, 64, 8)]
     assert sj.grid_rows(np.zeros(5, dtype=np.int64)) == [[0, 1, 2], [3, 4]]
+    nine = np.arange(72) % 9  # the demo: 9 classes interleaved -> one row of 64 // 9 = 7 per class
+    assert sj.grid_rows(nine) == [[c + 9 * j for j in range(7)] for c in range(9)]
 
 
 def test_latest_run_discovery_and_tokenizer_resolution(models, tmp_path):

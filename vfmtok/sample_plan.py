@@ -69,7 +69,7 @@ def split_chunks(chunks: Sequence[int], world_size: int, rank: int) -> list[int]
 def grid_rows(labels: np.ndarray, max_images: int = 64) -> list[list[int]]:
     """Indices shown in grid.png, as rows.
 
-    With 2..8 distinct classes among the samples, one row per class (in order of first appearance) holding its
+    With 2..16 distinct classes among the samples, one row per class (in order of first appearance) holding its
     first min(8, max_images // #classes) images; otherwise the first min(N, max_images) indices in rows of
     ceil(sqrt(k)) images.
 
@@ -78,7 +78,7 @@ def grid_rows(labels: np.ndarray, max_images: int = 64) -> list[list[int]]:
     """
     labels = np.asarray(labels)
     order = list(dict.fromkeys(int(c) for c in labels))
-    if 1 < len(order) <= 8:
+    if 1 < len(order) <= 16:
         per_row = min(8, max(1, max_images // len(order)))
         return [[int(i) for i in np.flatnonzero(labels == c)[:per_row]] for c in order]
     k = min(len(labels), max_images)
