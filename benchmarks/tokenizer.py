@@ -101,7 +101,8 @@ def _deform_worker(method: str, batch: int, iters: int, device_name: str, queue)
     else:
         peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
     seconds = _timeit(lambda: fn(*args), device, iters, warmup=0)
-    queue.put((seconds, max(peak_mib, 0.0), out.cpu()))
+    # numpy, not a tensor: torch shares tensors through file descriptors that die with this process
+    queue.put((seconds, max(peak_mib, 0.0), out.cpu().numpy()))
 
 
 def bench_deform_attn(device: torch.device, batch: int, iters: int) -> None:
@@ -113,7 +114,7 @@ def bench_deform_attn(device: torch.device, batch: int, iters: int) -> None:
         proc.start()
         results[method] = queue.get()
         proc.join()
-    err = (results["grid_sample"][2] - results["naive"][2]).abs().max().item()
+    err = float(abs(results["grid_sample"][2] - results["naive"][2]).max())
     for method, (seconds, peak, _) in results.items():
         print(f"deform-attn {method:11s} batch {batch} ({device}): {seconds * 1e3:9.2f} ms/call, "
               f"peak extra memory {peak:8.1f} MiB")
