@@ -74,3 +74,13 @@ def test_nearest_class_mean_equals_a_naive_argmin():
     for sample, pred in zip(samples, got):
         best = min((float(((sample - feats[labels == c].mean(0)) ** 2).sum()), c) for c in (2, 5, 7))[1]
         assert pred == best
+
+
+def test_class_check_refuses_an_unknown_reference_or_reconstructions_without_a_tokenizer(tmp_path):
+    from vfmtok.demo_report import class_check
+
+    with pytest.raises(ValueError, match="reference must be 'photos' or 'reconstructions'"):
+        class_check(tmp_path / "s.npz", tmp_path, reference="recons")
+    with pytest.raises(ValueError, match="needs --tokenizer and --native-size"):
+        class_check(tmp_path / "s.npz", tmp_path, inception_weights=tmp_path / "w.pth", native_size=56,
+                    reference="reconstructions")
