@@ -31,8 +31,8 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
 
-def _train_crops(train_dir: Path, size: int, per_class: int) -> tuple[np.ndarray, np.ndarray]:
-    """ADM-centre-cropped uint8 (M, size, size, 3) training images, at most `per_class` per class, + labels."""
+def _centre_crops(train_dir: Path, size: int, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """ADM-centre-cropped uint8 (M, size, size, 3) images of a prepared folder, at most `per_class` per class, + labels."""
     from PIL import Image
 
     from vfmtok.data.crops import adm_center_crop
@@ -101,18 +101,16 @@ def nearest_class_mean(train_feats: np.ndarray, train_labels: np.ndarray, sample
     return classes[np.argmin(d2, axis=1)].astype(np.int64)
 
 
-def _at_native_resolution(train_dir: Path, native_size: int, per_class: int,
-                          size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Training crops as the generator outputs them: ADM centre crop at `native_size`, then bicubic (no antialias)
-    to `size` and rounded to uint8 exactly as `vfmtok sample` turns decoder output into images."""
+def _as_generated(crops: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (M, S, S, 3) crops -> uint8 (M, size, size, 3) resized exactly as `vfmtok sample` turns decoder output
+    into images (bicubic, no antialias, before rounding); unchanged when S == size."""
     import torch
 
     from vfmtok.imageops import from_uint8, to_uint8
 
-    crops, labels = _train_crops(train_dir, native_size, per_class)
-    if native_size == size:
-        return crops, labels
-    return to_uint8(from_uint8(torch.from_numpy(crops)), size=size).numpy(), labels
+    if crops.shape[1] == size:
+        return crops
+    return to_uint8(from_uint8(torch.from_numpy(crops)), size=size).numpy()
 
 
 def _reconstruct(images: np.ndarray, tokenizer: Path, size: int, batch_size: int = 16) -> np.ndarray:
@@ -155,7 +153,9 @@ def class_check(samples_npz: Path, train_dir: Path, inception_weights: Optional[
             `fraction_vs_reconstructions`) when a tokenizer is given.
 
     Returns:
-        dict with `fraction`, `chance` (1 / number of classes), `feature`, `n`, `per_class_fraction`.
+        dict with `fraction` (against `reference`), `reference`, `fraction_vs_<other reference>` (when both
+        could be computed), `chance` (1 / number of classes), `feature`, `n`, `train_images_per_class`,
+        `train_resolution` and `per_class_fraction`.
 
     Raises:
         ValueError: the samples have no labels, neither feature source is given, or reference is unknown or
@@ -173,7 +173,8 @@ def class_check(samples_npz: Path, train_dir: Path, inception_weights: Optional[
     except KeyError as err:
         raise ValueError(f"{samples_npz}: no arr_1 labels; the class check needs them") from err
     size = images.shape[1]
-    train_images, train_labels = _at_native_resolution(train_dir, native_size or size, per_class, size)
+    native = native_size or size
+    crops, train_labels = _centre_crops(train_dir, native, per_class)
     if inception_weights is not None:
         feature = "inception-pool3"
 
@@ -187,21 +188,13 @@ def class_check(samples_npz: Path, train_dir: Path, inception_weights: Optional[
     else:
         raise ValueError("class check needs --inception-weights or --tokenizer for features")
     sample_feats = features(images)
-    fractions = {}
-    predicted = None
-    for ref in ("photos", "reconstructions"):
-        if ref == "reconstructions" and (tokenizer is None or native_size is None):
-            continue
-        if ref == "photos":
-            ref_images = train_images
-        else:
-            crops, _ = _train_crops(train_dir, native_size, per_class)
-            ref_images = _reconstruct(crops, tokenizer, size)
-        pred = nearest_class_mean(features(ref_images), train_labels, sample_feats)
-        fractions[ref] = float((pred == labels).mean())
-        if ref == reference:
-            predicted = pred
-    assert predicted is not None
+    references = {"photos": _as_generated(crops, size)}
+    if tokenizer is not None and native_size is not None:
+        references["reconstructions"] = _reconstruct(crops, tokenizer, size)
+    predictions = {ref: nearest_class_mean(features(ref_images), train_labels, sample_feats)
+                   for ref, ref_images in references.items()}
+    fractions = {ref: float((pred == labels).mean()) for ref, pred in predictions.items()}
+    predicted = predictions[reference]
     per_class_fraction = {int(c): float((predicted[labels == c] == c).mean()) for c in np.unique(labels)}
     extra = {f"fraction_vs_{ref}": frac for ref, frac in fractions.items() if ref != reference}
     return {
@@ -212,7 +205,7 @@ def class_check(samples_npz: Path, train_dir: Path, inception_weights: Optional[
         "feature": feature,
         "n": int(len(labels)),
         "train_images_per_class": per_class,
-        "train_resolution": f"{native_size or size} px crops" + (f" -> {size} px bicubic" if (native_size or size) != size else ""),
+        "train_resolution": f"{native} px crops" + (f" -> {size} px bicubic" if native != size else ""),
         "per_class_fraction": per_class_fraction,
     }
 
@@ -264,7 +257,7 @@ def psnr_baselines(train_dir: Path, val_dir: Path, size: int) -> dict:
     from vfmtok.metrics.recon import psnr
 
     def crops(folder: Path) -> tuple[torch.Tensor, np.ndarray]:
-        images, labels = _train_crops(folder, size, per_class=10**9)
+        images, labels = _centre_crops(folder, size, per_class=10**9)
         return torch.from_numpy(images).permute(0, 3, 1, 2).double() / 255.0, labels
 
     train, train_labels = crops(train_dir)
