@@ -39,6 +39,7 @@ import torch
 from vfmtok.engine.accel import make_accelerator
 from vfmtok.engine.checkpoint import latest_checkpoint
 from vfmtok.engine.data import AugmentedImages, open_image_dataset
+from vfmtok.engine.fsdp import local
 from vfmtok.engine.metrics import CodebookUsage
 from vfmtok.engine.schedule import warmup_constant_schedule
 from vfmtok.engine.trainer import StepOutput, Trainer, TrainerConfig, TrainResult, seed_everything
@@ -56,8 +57,7 @@ def _debug_enabled() -> bool:
 def _tensor_sha256(t: torch.Tensor) -> str:
     """SHA-256 hex digest of the raw bytes of `t` (any dtype/device; contiguous CPU copy, dtype kept; a sharded
     DTensor is hashed by its local shard)."""
-    t = t.to_local() if hasattr(t, "to_local") else t
-    flat = t.detach().cpu().contiguous().reshape(-1)
+    flat = local(t).detach().cpu().contiguous().reshape(-1)
     return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
