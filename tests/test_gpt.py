@@ -254,3 +254,25 @@ def test_save_load_round_trip(tmp_path):
         assert torch.equal(load_gpt(weights)(tokens, labels)[0], expected)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_gpt(tmp_path)
+
+
+def test_saved_weights_are_byte_reproducible(tmp_path):
+    """safetensors orders a multi-entry metadata header at random; save_gpt canonicalises it (sorted keys)."""
+    import hashlib
+    import struct
+
+    from safetensors import safe_open
+
+    model = small_gpt(seed=5)
+    files = [save_gpt(model, tmp_path / f"run{i}") for i in range(8)]
+    digests = {hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    assert len(digests) == 1, "equal weights must give equal files"
+    raw = files[0].read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + size])
+    assert list(header) == sorted(header) and list(header["__metadata__"]) == ["format", "gpt_config"]
+    assert not list(tmp_path.glob("run0/*.tmp"))
+    with safe_open(str(files[0]), "pt") as fh:  # still a valid safetensors file with the same tensors
+        assert fh.metadata()["format"] == "vfmtok.gpt"
+        for name, value in model.state_dict().items():
+            assert torch.equal(fh.get_tensor(name), value)

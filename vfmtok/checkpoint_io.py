@@ -1,4 +1,5 @@
-"""Safe reading of the authors' released `.pt` checkpoints (tokenizer and GPT).
+"""Safe reading of the authors' released `.pt` checkpoints (tokenizer and GPT), and reproducible, atomic
+writing of our `.safetensors` weight files.
 
 Their files are dicts with entries such as `model`, `ema`, `optimizer`, `steps` and `args` (a pickled
 `argparse.Namespace`). We never unpickle arbitrary objects: `torch.load(weights_only=True)` with only
@@ -7,6 +8,9 @@ Their files are dicts with entries such as `model`, `ema`, `optimizer`, `steps` 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +62,40 @@ def pick_state_dict(ckpt: dict[str, Any], path: str | Path, prefer: tuple[str, .
     if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         return "<root>", ckpt
     raise ValueError(f"{path}: no weights entry found (looked for {list(prefer)}); top-level keys: {sorted(ckpt)}")
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """Write `state` to a `.safetensors` file atomically and byte-reproducibly.
+
+    safetensors stores `metadata` as a Rust HashMap, so with two or more entries the order of the JSON header (and
+    with it the file's sha256) changes from save to save. This writes with `safetensors.torch.save_file` to
+    `path.tmp`, rewrites the header JSON with sorted keys (same length: it is space-padded to the original size,
+    which the format allows; the data offsets are unchanged), then renames onto `path`. Equal tensors and
+    metadata therefore give equal bytes, and a crash never leaves a half-written `path`.
+
+    Args:
+        state: name -> tensor (CPU, contiguous; any dtype safetensors supports).
+        path: destination file; its parent must exist; an existing file is replaced.
+        metadata: string -> string entries for the header's `__metadata__`.
+
+    Returns:
+        `path` as a Path.
+
+    Raises:
+        ValueError: from safetensors for tensors it cannot store (non-contiguous, shared storage).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    with tmp.open("r+b") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+        canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(canonical) <= size:  # always, for what safetensors writes; never grow the header
+            fh.seek(8)
+            fh.write(canonical + b" " * (size - len(canonical)))
+    tmp.replace(path)
+    return path
+

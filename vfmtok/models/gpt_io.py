@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from vfmtok.checkpoint_io import save_safetensors
 from vfmtok.configs import GPT_PRESETS, config_from_dict, config_to_dict
 from vfmtok.models.gpt_config import PRESET_SHAPES, GPTConfig
 
@@ -76,21 +77,18 @@ def save_gpt(model: GPT, out_dir: str | Path) -> Path:
     """Write `out_dir/model.safetensors` (weights, fp32 as held) and `out_dir/config.json`.
 
     config.json = {"format": "vfmtok.gpt", "format_version": 1, "gpt_config": {GPTConfig fields}}; the same
-    config is also stored in the safetensors metadata, so the weights file alone is loadable.
+    config is also stored in the safetensors metadata, so the weights file alone is loadable. The weights file is
+    written atomically and byte-reproducibly (`vfmtok.checkpoint_io.save_safetensors`): equal weights give an
+    equal sha256, which `vfmtok sample` keys its output directory on.
 
     Returns:
         The weights path.
     """
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = config_to_dict(model.config)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path = out_dir / WEIGHTS_FILE
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"format": FORMAT_NAME, "gpt_config": json.dumps(cfg)})
-    tmp.replace(path)
+    path = save_safetensors(state, out_dir / WEIGHTS_FILE, {"format": FORMAT_NAME, "gpt_config": json.dumps(cfg)})
     doc = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "gpt_config": cfg}
     (out_dir / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     return path

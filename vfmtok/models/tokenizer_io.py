@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vfmtok.checkpoint_io import save_safetensors
 from vfmtok.configs import config_from_dict, config_to_dict
 from vfmtok.models.tokenizer_config import TokenizerConfig, resolve_config
 
@@ -62,12 +63,10 @@ def save_tokenizer(tok: VFMTokenizer, directory: str | Path, extra: dict[str, An
     Returns:
         The directory path.
     """
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in tok.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+    save_safetensors(state, directory / WEIGHTS_FILE, {"format": FORMAT})
     source = tok.encoder_source
     if Path(source).is_file():
         source = str(Path(source).resolve())
