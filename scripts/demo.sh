@@ -39,7 +39,7 @@ TOK_SIZE=56
 step train-tokenizer vfmtok train-tokenizer "$OUT/data/train" --out "$OUT/runs/tokenizer" --preset tiny \
   --set image_size=$TOK_SIZE --set 'pixel_ch_mult=[1,1,2,2]' \
   --steps "$TOK_STEPS" --batch-size 4 --lr 1e-3 --warmup-steps 20 --ema-decay 0.99 --disc none --perceptual-weight 0 \
-  --grid-every "$TOK_STEPS" --save-every "$TOK_STEPS" --log-every 50 --num-workers 0 --no-progress
+  --grid-every "$TOK_STEPS" --save-every "$TOK_STEPS" --log-every 50 --print-every 250 --num-workers 0 --no-progress
 step evaluate-tokenizer vfmtok evaluate --tokenizer "$OUT/runs/tokenizer" --data "$OUT/data/val" \
   --inception-weights "$OUT/inception_fid_helper.pth" --fid-method eigh --json "$OUT/eval_tokenizer.json"
 step psnr-baselines python -m vfmtok.demo_report psnr-baselines "$OUT/data/train" "$OUT/data/val" \
@@ -48,7 +48,7 @@ step extract-tokens vfmtok extract-tokens "$OUT/data/train" "$OUT/tokens" --toke
   --aug flip --num-workers 1 --no-progress
 step train-ar vfmtok train-ar --tokens "$OUT/tokens" --out "$OUT/runs/gpt" --model GPT-tiny --steps "$AR_STEPS" \
   --batch-size 32 --lr 3e-3 --dropout 0 --ema-decay 0.99 --val-count 16 --val-every 100 --save-every "$AR_STEPS" \
-  --log-every 50 --num-workers 0 --no-progress
+  --log-every 50 --print-every 200 --num-workers 0 --no-progress
 step sample vfmtok sample --ckpt "$OUT/runs/gpt" --labels balanced -n $((NUM_CLASSES * SAMPLES_PER_CLASS)) \
   --out "$OUT/samples" --temperature 1.0 --top-k 20 --cfg-scale 2.0 --no-progress
 step evaluate-samples vfmtok evaluate "$OUT/samples/samples.npz" --ref "$OUT/ref_val_256.npz" \

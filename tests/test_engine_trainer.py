@@ -106,3 +106,28 @@ def test_grad_accumulation_matches_one_big_batch(tmp_path):
     assert (w1 - w2).abs().max() < 0.05
     m1, m2 = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
     assert [r["step"] for r in m2] == [1, 2, 3] and all(r["lr_gen"] == s["lr_gen"] for r, s in zip(m1, m2))
+
+
+def test_print_every_writes_one_summary_line_per_period_and_at_the_end(tmp_path, capsys):
+    build(tmp_path / "quiet", steps=3).fit()
+    assert "step " not in capsys.readouterr().out  # print_every=0: no lines
+    build(tmp_path / "run", steps=5, print_every=2).fit()
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")]
+    assert [ln.split(" |")[0] for ln in lines] == ["step 2/5", "step 4/5", "step 5/5"]
+    records = {r["step"]: r for r in read_metrics(tmp_path / "run" / "metrics.jsonl")}
+    for line in lines:
+        step = int(line.split()[1].split("/")[0])
+        fields = dict(kv.split("=") for kv in line.split(" | ")[1].split())
+        assert fields["loss_gen"] == f"{records[step]['loss_gen']:.4g}"
+        assert fields["lr_gen"] == f"{records[step]['lr_gen']:.4g}"
+        assert "grad_norm_gen" in fields and ("loss_disc" in fields) == (step > DISC_START)
+        assert " img/s, " in line and " s/step, eta " in line
+    assert lines[-1].endswith("eta 0s")
+    with pytest.raises(ValueError, match="--print-every -1"):
+        build(tmp_path / "bad", steps=2, print_every=-1)
+
+
+def test_hms_formats_eta():
+    from vfmtok.engine.trainer import _hms
+
+    assert [_hms(t) for t in (0, 59.4, 123, 3723, -5)] == ["0s", "59s", "2m03s", "1h02m03s", "0s"]

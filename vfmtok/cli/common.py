@@ -32,6 +32,10 @@ PrecisionOpt = Annotated[
         help="Autocast dtype on CUDA: no | bf16 | fp16. Deformable attention and quantizer distances always run in fp32.",
     ),
 ]
+PrintEveryOpt = Annotated[int, typer.Option(
+    "--print-every", help="Print a one-line summary (losses, lr, throughput, ETA) every N steps; 0 = never. "
+    "Independent of the progress bar.")]
+NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar (summary lines: --print-every).")]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

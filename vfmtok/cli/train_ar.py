@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from vfmtok.cli.common import DeviceOpt, MixedPrecision, PrecisionOpt, SeedOpt, fail
+from vfmtok.cli.common import (
+    DeviceOpt, MixedPrecision, NoProgressOpt, PrecisionOpt, PrintEveryOpt, SeedOpt, fail,
+)
 
 
 def _command_line(ctx: typer.Context) -> str:
@@ -73,7 +75,8 @@ def command(
         "--init-from", help="Start from GPT weights (run dir, .safetensors, or the authors' GPT-*.pt).")] = None,
     peak_tflops: Annotated[Optional[float], typer.Option(
         "--peak-tflops", help="Device peak TFLOP/s per process for the MFU estimate (default: built-in GPU table).")] = None,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar or log lines.")] = False,
+    print_every: PrintEveryOpt = 100,
+    no_progress: NoProgressOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     mixed_precision: PrecisionOpt = MixedPrecision.bf16,
@@ -94,7 +97,7 @@ def command(
         save_every=save_every, keep_last=keep_last, log_every=log_every, resume=resume, num_workers=num_workers,
         compile=compile_, grad_checkpointing=grad_checkpointing, fsdp=fsdp, class_dropout=class_dropout, dropout=dropout,
         skip_nonfinite=skip_nonfinite, seed=seed, device=device, mixed_precision=mixed_precision.value,
-        init_from=init_from, peak_tflops=peak_tflops, progress=not no_progress,
+        init_from=init_from, peak_tflops=peak_tflops, progress=not no_progress, print_every=print_every,
         command=_command_line(ctx),
     )
     try:

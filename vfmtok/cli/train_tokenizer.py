@@ -12,7 +12,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from vfmtok.cli.common import DeviceOpt, MixedPrecision, PrecisionOpt, SeedOpt, fail
+from vfmtok.cli.common import (
+    DeviceOpt, MixedPrecision, NoProgressOpt, PrecisionOpt, PrintEveryOpt, SeedOpt, fail,
+)
 
 
 class Disc(str, Enum):
@@ -70,7 +72,8 @@ def command(
     usage_warn: Annotated[float, typer.Option("--usage-warn", help="Warn when usage of a full window falls below this fraction.")] = 0.05,
     skip_nonfinite: Annotated[bool, typer.Option("--skip-nonfinite", help="Skip (and count) steps with a non-finite loss instead of stopping.")] = False,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Tokenizer config override KEY=VALUE (repeatable).")] = None,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
+    print_every: PrintEveryOpt = 100,
+    no_progress: NoProgressOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     mixed_precision: PrecisionOpt = MixedPrecision.no,
@@ -96,7 +99,7 @@ def command(
         grid_every=grid_every, resume=resume, num_workers=num_workers, disc=disc.value, disc_weights=disc_weights,
         encoder_weights=encoder_weights, usage_window=usage_window, usage_warn=usage_warn,
         skip_nonfinite=skip_nonfinite, seed=seed, device=device, mixed_precision=mixed_precision.value,
-        progress=not no_progress,
+        progress=not no_progress, print_every=print_every,
         loss=TokenizerLossConfig(pixel=pixel_loss.value, perceptual_weight=perceptual_weight,
                                  semantic_weight=semantic_weight, adv_weight=disc_weight, disc_start=disc_start),
     )

@@ -104,7 +104,9 @@ class TrainARConfig:
         init_from: optional GPT weights to start from (run dir, .safetensors or the authors' GPT-*.pt).
         peak_tflops: device peak (TFLOP/s per process) for the MFU estimate; None -> `PEAK_BF16_FLOPS` on CUDA,
             no MFU on CPU.
-        progress: tqdm bar and printed log lines on the main process.
+        progress: tqdm bar on the main process.
+        print_every: one summary line (losses, validation losses, lr, grad norm, tokens/s, MFU, ETA) every this
+            many steps on the main process (0 = never); see `TrainerConfig.print_every`.
         command: the command line recorded in config.json (None -> sys.argv).
     """
 
@@ -142,6 +144,7 @@ class TrainARConfig:
     init_from: str | os.PathLike | None = None
     peak_tflops: float | None = None
     progress: bool = True
+    print_every: int = 100
     command: str | None = None
 
     def validate(self) -> None:
@@ -491,7 +494,7 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
     gpt_config = dataclasses.asdict(model.config)
 
     train_settings = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in dataclasses.asdict(cfg).items()
-                      if k not in ("command", "progress", "resume")}
+                      if k not in ("command", "progress", "print_every", "resume")}
     train_settings.update(out=str(out), total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                           val_count=val_count, train_count=len(train_idx), world_size=world,
                           micro_batch=cfg.batch_size // max(1, world * cfg.grad_accum),
@@ -534,7 +537,7 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
                          grad_accum=cfg.grad_accum, save_every=cfg.save_every, keep_last=cfg.keep_last,
                          log_every=cfg.log_every, grad_clip=cfg.grad_clip or None,
                          skip_nonfinite=cfg.skip_nonfinite, seed=cfg.seed, num_workers=cfg.num_workers,
-                         progress=cfg.progress)
+                         progress=cfg.progress, print_every=cfg.print_every)
 
     def step_fn(tr: Trainer, batch: tuple[torch.Tensor, ...]) -> StepOutput:
         codes, labels, rows = batch
@@ -563,12 +566,6 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
             t0 = time.perf_counter()
             record.update(validator(tr))
             record["val_sec"] = time.perf_counter() - t0
-        if cfg.progress and tr.accelerator.is_main_process:
-            from tqdm.auto import tqdm
-
-            shown = {k: record[k] for k in ("loss_gpt", "val_loss", "val_loss_ema", "grad_norm_gpt", "lr_gpt",
-                                            "tokens_per_s", "mfu") if record.get(k) is not None}
-            tqdm.write(f"step {step}/{total_steps} " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
         last.clear()
         last.update(record, step=step)
         clock.update(t=time.perf_counter(), steps=0)

@@ -97,7 +97,7 @@ class TokenizerTrainConfig:
         encoder_weights: frozen encoder weights (see `vfmtok.create_tokenizer`).
         save_every, keep_last, log_every, grid_every: periods in steps (grid_every 0 = no grids).
         usage_window: codes in the codebook-usage window (65536, official); usage_warn: warn below this fraction.
-        skip_nonfinite, num_workers, seed, device, mixed_precision, resume, progress: see the CLI.
+        skip_nonfinite, num_workers, seed, device, mixed_precision, resume, progress, print_every: see the CLI.
     """
 
     data: str
@@ -130,6 +130,7 @@ class TokenizerTrainConfig:
     mixed_precision: str = "no"
     resume: bool = False
     progress: bool = True
+    print_every: int = 100
 
 
 def _psnr(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -284,6 +285,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TrainResult:
         out_dir=out, total_steps=total, global_batch=cfg.batch_size, grad_accum=cfg.grad_accum,
         save_every=cfg.save_every, keep_last=cfg.keep_last, log_every=cfg.log_every, grad_clip=cfg.grad_clip,
         skip_nonfinite=cfg.skip_nonfinite, seed=cfg.seed, num_workers=cfg.num_workers, progress=cfg.progress,
+        print_every=cfg.print_every,
     )
     trainer = Trainer(accelerator, tcfg, models, optimizers, step, dataset,
                       schedulers={"tok": warmup_constant_schedule(opt_tok, warmup)},

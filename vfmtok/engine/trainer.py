@@ -48,6 +48,16 @@ from vfmtok.engine.sampler import RankDisjointSampler
 log = logging.getLogger(__name__)
 
 TIME_KEYS = ("images_per_s", "sec_per_step", "time")  # metrics that depend on wall-clock time
+# metrics shown in print_every lines (by key prefix): both jobs' losses, the tokenizer's loss terms, lr, grad norms
+SUMMARY_PREFIXES = ("loss_", "val_loss", "pixel", "perceptual", "semantic", "vq_", "g_adv", "d_hinge", "psnr",
+                    "codebook_usage", "lr_", "grad_norm_")
+
+
+def _hms(seconds: float) -> str:
+    """'1h02m03s' / '2m03s' / '3s' for a duration in seconds (>= 0)."""
+    s = int(round(max(seconds, 0.0)))
+    h, m, s = s // 3600, s // 60 % 60, s % 60
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -77,6 +87,9 @@ class TrainerConfig:
         seed: data-order and augmentation seed; torch/numpy/python RNGs are seeded with seed + rank.
         num_workers: DataLoader workers per rank.
         progress: show a tqdm bar on the main process.
+        print_every: print a one-line summary (step, losses, lr, grad norms, codebook usage, validation losses,
+            images/s, tokens/s, MFU when present, s/step and ETA) on the main process every this many steps and at
+            the last step, independent of the bar (0 = never). Meant for cluster logs, where a tqdm bar is noise.
         tensorboard: also log scalars to TensorBoard when it is installed.
     """
 
@@ -92,6 +105,7 @@ class TrainerConfig:
     seed: int = 0
     num_workers: int = 0
     progress: bool = True
+    print_every: int = 0
     tensorboard: bool = False
 
 
@@ -173,6 +187,8 @@ class Trainer:
             raise ValueError(
                 f"--batch-size {config.global_batch} must be divisible by processes x grad-accum = {micro_total}"
             )
+        if config.print_every < 0:
+            raise ValueError(f"--print-every {config.print_every}: expected >= 0 (0 = no summary lines)")
         self.micro_batch = config.global_batch // micro_total
         self.sampler = RankDisjointSampler(len(dataset), config.global_batch, self.rank, self.world_size, config.seed)
         self.loader = make_loader(dataset, self.sampler, self.micro_batch, config.num_workers, config.seed)
@@ -409,6 +425,18 @@ class Trainer:
     def _log(self, record: dict[str, Any], step: int) -> None:
         self.metrics.log({"step": step, **record})
 
+    def _summary_line(self, record: dict[str, Any], sec_per_step: float) -> str:
+        """One human-readable line for `print_every` (keys chosen by prefix; absent ones are left out)."""
+        cfg = self.config
+        shown = [f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and k.startswith(SUMMARY_PREFIXES)]
+        eta = sec_per_step * (cfg.total_steps - self.step)
+        rate = [f"{cfg.global_batch / sec_per_step:.3g} img/s"]
+        rate += [f"{record[k]:.3g} {unit}" for k, unit in (("tokens_per_s", "tok/s"), ("mfu", "MFU"))
+                 if record.get(k) is not None]
+        rate += [f"{sec_per_step:.3g} s/step", f"eta {_hms(eta)}"]
+        return f"step {self.step}/{cfg.total_steps} | " + " ".join(shown) + " | " + ", ".join(rate)
+
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, resume: bool | str | Path = False) -> TrainResult:
         """Train until `total_steps` (or a signal).
@@ -444,6 +472,8 @@ class Trainer:
         pbar = tqdm(total=cfg.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
                     disable=not (cfg.progress and self.accelerator.is_main_process))
         window_start, window_steps = time.perf_counter(), 0
+        print_start, print_steps = window_start, 0
+        printing = cfg.print_every > 0 and self.accelerator.is_main_process
         try:
             while self.step < cfg.total_steps:
                 epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
@@ -460,6 +490,7 @@ class Trainer:
                         self.after_step(self, record)
                     self.step += 1
                     window_steps += 1
+                    print_steps += 1
                     pbar.update(1)
                     if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
                         elapsed = max(time.perf_counter() - window_start, 1e-9)
@@ -468,6 +499,10 @@ class Trainer:
                         self._log(record, self.step)
                         pbar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k.startswith("loss_")})
                         window_start, window_steps = time.perf_counter(), 0
+                    if printing and (self.step % cfg.print_every == 0 or self.step == cfg.total_steps):
+                        now = time.perf_counter()
+                        tqdm.write(self._summary_line(record, max(now - print_start, 1e-9) / print_steps))
+                        print_start, print_steps = now, 0
                     if cfg.save_every and self.step % cfg.save_every == 0:
                         ckpt, saved_at = self.save_checkpoint(), self.step
                     stop = self._should_stop()
