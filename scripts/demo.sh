@@ -56,6 +56,6 @@ step evaluate-samples vfmtok evaluate "$OUT/samples/samples.npz" --ref "$OUT/ref
 cp "$(ls "$OUT"/runs/tokenizer/grids/*.png | tail -1)" "$OUT/recon_grid.png"
 cp "$OUT/samples/grid.png" "$OUT/sample_grid.png"
 step class-check python -m vfmtok.demo_report class-check "$OUT/samples/samples.npz" "$OUT/data/train" \
-  --inception-weights "$OUT/inception_fid_helper.pth" --tokenizer "$OUT/runs/tokenizer" --native-size "$TOK_SIZE" \
+  --inception-weights "$OUT/inception_fid_helper.pth" --tokenizer "$OUT/runs/tokenizer" \
   --reference reconstructions --json "$OUT/class_check.json"
 python -m vfmtok.demo_report summary "$OUT"

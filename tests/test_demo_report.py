@@ -81,6 +81,25 @@ def test_class_check_refuses_an_unknown_reference_or_reconstructions_without_a_t
 
     with pytest.raises(ValueError, match="reference must be 'photos' or 'reconstructions'"):
         class_check(tmp_path / "s.npz", tmp_path, reference="recons")
-    with pytest.raises(ValueError, match="needs --tokenizer and --native-size"):
+    with pytest.raises(ValueError, match="'reconstructions' needs --tokenizer"):
         class_check(tmp_path / "s.npz", tmp_path, inception_weights=tmp_path / "w.pth", native_size=56,
                     reference="reconstructions")
+
+
+def test_class_check_takes_the_native_size_from_the_tokenizer(prepared, tmp_path):
+    import vfmtok
+    from vfmtok.demo_report import class_check
+    from vfmtok.models.tokenizer import save_tokenizer
+
+    tok = vfmtok.create_tokenizer("tiny", encoder_weights="random", image_size=56, pixel_ch_mult=[1, 1, 2, 2])
+    save_tokenizer(tok, tmp_path / "tok")
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "s.npz", arr_0=rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8),
+             arr_1=np.array([0, 1, 2, 0, 1, 2]))
+    result = class_check(tmp_path / "s.npz", prepared / "train", tokenizer=tmp_path / "tok",
+                         reference="reconstructions")
+    assert result["train_resolution"] == "56 px crops -> 64 px bicubic"
+    assert result["feature"] == "tokenizer-encoder" and result["n"] == 6 and result["chance"] == pytest.approx(1 / 3)
+    assert set(result) >= {"fraction", "fraction_vs_photos"}
+    with pytest.raises(ValueError, match="--native-size 64 but the tokenizer .* works at 56 px"):
+        class_check(tmp_path / "s.npz", prepared / "train", tokenizer=tmp_path / "tok", native_size=64)

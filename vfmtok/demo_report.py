@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import numpy as np
 import typer
+
+if TYPE_CHECKING:
+    from vfmtok.models.tokenizer import VFMTokenizer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -67,14 +70,12 @@ def _inception_features(images: np.ndarray, weights: Path, batch_size: int = 32)
     return np.concatenate(feats)
 
 
-def _encoder_features(images: np.ndarray, tokenizer: Path, batch_size: int = 16) -> np.ndarray:
+def _encoder_features(images: np.ndarray, tok: VFMTokenizer, batch_size: int = 16) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
     from vfmtok.imageops import from_uint8
-    from vfmtok.models.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(tokenizer)
     feats = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
@@ -113,15 +114,13 @@ def _as_generated(crops: np.ndarray, size: int) -> np.ndarray:
     return to_uint8(from_uint8(torch.from_numpy(crops)), size=size).numpy()
 
 
-def _reconstruct(images: np.ndarray, tokenizer: Path, size: int, batch_size: int = 16) -> np.ndarray:
+def _reconstruct(images: np.ndarray, tok: VFMTokenizer, size: int, batch_size: int = 16) -> np.ndarray:
     """uint8 (M, S, S, 3) crops at the tokenizer's resolution -> decode(encode(x)) as uint8 (M, size, size, 3),
     resized exactly as `vfmtok sample` resizes decoder output (bicubic, no antialias, before rounding)."""
     import torch
 
     from vfmtok.imageops import from_uint8, to_uint8
-    from vfmtok.models.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(tokenizer).eval()
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
@@ -143,10 +142,10 @@ def class_check(samples_npz: Path, train_dir: Path, inception_weights: Optional[
         per_class: training images per class for the class means.
         native_size: the generator's own resolution (the tokenizer's `image_size`) when the samples were
             upsampled from it; the training crops are then taken at that size and upsampled the same way, so
-            the check compares content, not sharpness. None: crops at the samples' size.
+            the check compares content, not sharpness. None: the tokenizer's `image_size` when `tokenizer` is
+            given, else the samples' size.
         reference: "photos": class means of the training crops themselves; "reconstructions": class means of
-            the same crops passed through the tokenizer (`decode(encode(x))`, needs `tokenizer` and
-            `native_size`), i.e. how the tokenizer renders class k; this asks whether the generator produces
+            the same crops passed through the tokenizer (`decode(encode(x))`, needs `tokenizer`), i.e. how the tokenizer renders class k; this asks whether the generator produces
             class k independently of the tokenizer's blur (with Inception features, blurry decodes of real
             val photos land near the sharp photos' means of the wrong class, so "photos" measures sharpness
             more than class). The other reference's fraction is reported too (`fraction_vs_photos` /
@@ -158,14 +157,23 @@ def class_check(samples_npz: Path, train_dir: Path, inception_weights: Optional[
         `train_resolution` and `per_class_fraction`.
 
     Raises:
-        ValueError: the samples have no labels, neither feature source is given, or reference is unknown or
-            "reconstructions" without `tokenizer` and `native_size`.
+        ValueError: the samples have no labels, neither feature source is given, reference is unknown or
+            "reconstructions" without `tokenizer`, or `native_size` differs from the tokenizer's `image_size`.
     """
     if reference not in ("photos", "reconstructions"):
         raise ValueError(f"class check: reference must be 'photos' or 'reconstructions', got {reference!r}")
-    if reference == "reconstructions" and (tokenizer is None or native_size is None):
-        raise ValueError("class check: reference 'reconstructions' needs --tokenizer and --native-size")
+    if reference == "reconstructions" and tokenizer is None:
+        raise ValueError("class check: reference 'reconstructions' needs --tokenizer")
     from vfmtok.data.adm_npz import read_npz_array
+    from vfmtok.models.tokenizer import load_tokenizer
+
+    tok = None if tokenizer is None else load_tokenizer(tokenizer).eval()
+    if tok is not None:
+        if native_size is None:
+            native_size = tok.config.image_size
+        elif native_size != tok.config.image_size:
+            raise ValueError(f"class check: --native-size {native_size} but the tokenizer {tokenizer} works at "
+                             f"{tok.config.image_size} px; omit --native-size to use the tokenizer's")
 
     images = read_npz_array(samples_npz, "arr_0")
     try:
@@ -180,17 +188,17 @@ def class_check(samples_npz: Path, train_dir: Path, inception_weights: Optional[
 
         def features(x: np.ndarray) -> np.ndarray:
             return _inception_features(x, inception_weights)
-    elif tokenizer is not None:
+    elif tok is not None:
         feature = "tokenizer-encoder"
 
         def features(x: np.ndarray) -> np.ndarray:
-            return _encoder_features(x, tokenizer)
+            return _encoder_features(x, tok)
     else:
         raise ValueError("class check needs --inception-weights or --tokenizer for features")
     sample_feats = features(images)
     references = {"photos": _as_generated(crops, size)}
-    if tokenizer is not None and native_size is not None:
-        references["reconstructions"] = _reconstruct(crops, tokenizer, size)
+    if tok is not None:
+        references["reconstructions"] = _reconstruct(crops, tok, size)
     predictions = {ref: nearest_class_mean(features(ref_images), train_labels, sample_feats)
                    for ref, ref_images in references.items()}
     fractions = {ref: float((pred == labels).mean()) for ref, pred in predictions.items()}
@@ -218,7 +226,8 @@ def class_check_cmd(
     tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer")] = None,
     per_class: Annotated[int, typer.Option("--per-class")] = 8,
     native_size: Annotated[Optional[int], typer.Option(
-        "--native-size", help="generator resolution (tokenizer image_size) the samples were upsampled from")] = None,
+        "--native-size", help="generator resolution the samples were upsampled from (default: the --tokenizer's "
+        "image_size, else the samples' size)")] = None,
     reference: Annotated[str, typer.Option(
         "--reference", help="photos | reconstructions (class means of the tokenizer's decodes of the photos)")] = "photos",
     json_out: Annotated[Optional[Path], typer.Option("--json")] = None,
