@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from vfmtok.engine.checkpoint import latest_checkpoint, list_checkpoints, read_c
 
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_toy import build  # noqa: E402
+from torchrun_util import torchrun  # noqa: E402
 
 TESTS = Path(__file__).parent
 TOY = TESTS / "engine_toy.py"
@@ -83,13 +83,7 @@ def test_kill_during_checkpoint_write_leaves_previous_checkpoint_intact(tmp_path
 @pytest.mark.dist
 def test_two_process_ddp_trains_with_disjoint_data_and_matches_one_process(tmp_path):
     seen = tmp_path / "seen"
-    with socket.socket() as sock:  # torchrun's static rendezvous needs a concrete free port
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", port,
-           str(TOY), str(tmp_path / "ddp"), "--steps", "3", "--save-every", "0", "--seen-file", str(seen)]
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=180)
+    proc = torchrun([TOY, tmp_path / "ddp", "--steps", "3", "--save-every", "0", "--seen-file", seen], timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank=0 world=2" in proc.stdout and "rank=1 world=2" in proc.stdout
     r0 = [int(x) for x in seen.with_suffix(".rank0.txt").read_text().split()]

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -24,6 +22,7 @@ from vfmtok.models.gpt import create_gpt
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_ar import N, cfg_for, make_store  # noqa: E402
+from torchrun_util import torchrun  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -85,10 +84,7 @@ def test_fsdp_two_processes_match_one_process_and_resume_bit_exact(tmp_path):
         assert res.result.interrupted and res.result.step == 2, res.result
         train_ar(cfg_for(store, tmp / "half", steps=4, resume=True, **kw))
     """))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(30500 + os.getpid() % 1000), str(script), str(store),
-                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    proc = torchrun([script, store, tmp_path], timeout=400, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     # one FSDP unit per TransformerBlock + the root; every parameter split along dim 0 (torch.chunk sizes)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -24,6 +23,9 @@ from vfmtok.engine.train_ar import (
     TIME_DEPENDENT_KEYS, ARTokens, TokenStoreError, TrainARConfig, split_indices, train_ar,
 )
 from vfmtok.models.gpt import GPT, create_gpt, save_gpt
+
+sys.path.insert(0, str(Path(__file__).parent))
+from torchrun_util import torchrun  # noqa: E402
 
 GRID, VOCAB, CLASSES, N = 4, 16, 4, 32
 
@@ -117,10 +119,7 @@ def test_two_process_ddp_sees_disjoint_data_and_matches_one_process(tmp_path):
         Path(sys.argv[2], "seen" + os.environ["RANK"] + ".json").write_text(repr(seen))
         Path(sys.argv[2], "out" + os.environ["RANK"] + ".txt").write_text(str(res.out))
     """))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(29500 + os.getpid() % 1000), str(script), str(store),
-                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = torchrun([script, store, tmp_path], timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # default --out (runs/ar-<timestamp> under the working directory), agreed by both ranks
     outs = {(tmp_path / f"out{k}.txt").read_text() for k in (0, 1)}
