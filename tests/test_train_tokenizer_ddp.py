@@ -6,8 +6,6 @@ import hashlib
 import json
 import math
 import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
@@ -17,6 +15,9 @@ from safetensors.torch import load_file
 
 from vfmtok.engine.checkpoint import read_checkpoint
 from vfmtok.engine.metrics import read_metrics
+
+sys.path.insert(0, str(os.path.dirname(__file__)))
+from torchrun_util import torchrun  # noqa: E402
 
 STEPS, BATCH, SEED = 4, 4, 0  # 9 photos // batch 4 = 2 steps per epoch: 4 steps = 2 epochs; 2 samples per rank
 
@@ -37,20 +38,16 @@ def _sha256(t: torch.Tensor) -> str:  # independent of the trainer's digest help
 @pytest.fixture(scope="module")
 def ddp_run(photos, tmp_path_factory):
     run = tmp_path_factory.mktemp("ddp") / "run"
-    with socket.socket() as sock:  # torchrun's static rendezvous needs a concrete free port
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", port, "-m", "vfmtok.cli.main", "train-tokenizer", str(photos), "--out", str(run),
+    cmd = ["-m", "vfmtok.cli.main", "train-tokenizer", str(photos), "--out", str(run),
            "--preset", "tiny", "--set", "image_size=56", "--set", "pixel_ch_mult=[1,1,2,2]",
            "--steps", str(STEPS), "--batch-size", str(BATCH), "--seed", str(SEED), "--disc", "patchgan",
            "--disc-start", "2", "--ema-decay", "0.5", "--lr", "1e-3", "--warmup-steps", "0", "--perceptual-weight",
            "0", "--save-every", "0", "--log-every", "1", "--grid-every", "0", "--num-workers", "0", "--no-progress",
            "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VFMTOK_TRAIN_DEBUG": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = torchrun(cmd, env={"VFMTOK_TRAIN_DEBUG": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count(f"trained {STEPS} steps") == 1, proc.stdout  # one report per job (rank 0)
+    assert "find_unused_parameters=True" not in proc.stderr  # DDP searches for unused parameters only when needed
     return run
 
 

@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -255,7 +254,10 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TrainResult:
     has_ckpt = latest_checkpoint(out / "checkpoints") is not None
     if has_ckpt and not cfg.resume:
         raise FileExistsError(f"{out} already holds checkpoints; pass --resume to continue it or choose another --out")
-    accelerator = make_accelerator(cfg.device, cfg.mixed_precision, find_unused_parameters=True)
+    # With --semantic-weight 0 the semantic decoder branch is not run, so its parameters get no gradient and DDP
+    # must look for unused parameters (an extra autograd traversal per step; torch warns when it was not needed).
+    accelerator = make_accelerator(cfg.device, cfg.mixed_precision,
+                                   find_unused_parameters=cfg.loss.semantic_weight == 0)
     seed_everything(cfg.seed)  # model initialisation (identical on every rank)
     tok = create_tokenizer(cfg.preset, encoder_weights=cfg.encoder_weights, **cfg.tokenizer_overrides)
     size = tok.config.image_size
