@@ -83,8 +83,14 @@ def test_fid_between_photo_pools_equals_torch_fidelity(converted, tmp_path):
     pool_b = _photo_crops(["rocket", "china", "flower"], POOL, seed=2)
     np.savez(tmp_path / "a.npz", arr_0=pool_a)
     np.savez(tmp_path / "b.npz", arr_0=pool_b)
-    ours = evaluate_samples(tmp_path / "a.npz", tmp_path / "b.npz", inception_weights=path, batch_size=POOL,
-                            device="cpu", fid_method="eigh", use_cache=False, progress=False)
+    with pytest.warns(UserWarning) as caught:  # small pools: evaluate says the numbers are not comparable
+        ours = evaluate_samples(tmp_path / "a.npz", tmp_path / "b.npz", inception_weights=path, batch_size=POOL,
+                                device="cpu", fid_method="eigh", use_cache=False, progress=False)
+    notes = sorted(str(w.message) for w in caught)
+    assert notes == [f"reference: {POOL} images < 10000; precision/recall (and FID if the reference has no stored "
+                     "statistics) are not comparable to published numbers",
+                     f"samples: {POOL} images < 50000; FID/sFID are biased high and not comparable to published "
+                     "50k-sample numbers"]
     assert ours["inception_score"] is None and "unavailable" in ours["inception_score_status"]
 
     net = FeatureExtractorInceptionV3("peer", ["2048"], feature_extractor_weights_path=str(path))

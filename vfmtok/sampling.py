@@ -231,7 +231,7 @@ def generate(
         ValueError: a class id outside [0, num_classes), or any option out of range (checked before any work).
     """
     cfg = gpt.config
-    seq_len, vocab = cfg.seq_len, cfg.vocab_size
+    seq_len = cfg.seq_len
     labels = _labels_tensor(labels, cfg.num_classes)
     if not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0 (0 = argmax), got {temperature}")
