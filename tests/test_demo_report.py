@@ -11,6 +11,7 @@ from vfmtok.data.prepare import PrepareSettings, prepare_dataset
 from vfmtok.demo_report import nearest_class_mean, psnr_baselines
 
 SIZE = 16
+EVAL = 24  # PSNR resolution of the baselines (evaluate uses 256); != SIZE so the resize is exercised
 
 
 def _write_split(root, split: str, per_class: int, rng: np.random.Generator) -> None:
@@ -49,15 +50,24 @@ def _load_pngs(folder):
     return images, labels
 
 
+def _as_evaluated(img: np.ndarray, size: int) -> np.ndarray:
+    """[0, 1] float H x W x 3 -> uint8 by clamp(127.5 x + 128) on [-1, 1] (float32, truncation, as the official
+    evaluation) -> PIL bicubic to size x size -> [0, 1] float."""
+    u8 = np.floor(np.clip((img * 2 - 1).astype(np.float32) * np.float32(127.5) + np.float32(128), 0, 255))
+    return np.asarray(Image.fromarray(u8.astype(np.uint8)).resize((size, size), Image.BICUBIC), np.float64) / 255.0
+
+
 def test_psnr_baselines_equal_a_naive_loop_over_the_source_pngs(prepared):
-    result = psnr_baselines(prepared / "train", prepared / "val", SIZE)
+    result = psnr_baselines(prepared / "train", prepared / "val", SIZE, eval_size=EVAL)
     train, train_labels = _load_pngs(prepared / "src_train")
     val, val_labels = _load_pngs(prepared / "src_val")
     means = {c: sum(img for img, lab in zip(train, train_labels) if lab == c) / train_labels.count(c)
              for c in set(train_labels)}
-    flat = [_naive_psnr(np.broadcast_to(img.mean(axis=(0, 1)), img.shape), img) for img in val]
-    klass = [_naive_psnr(means[lab], img) for img, lab in zip(val, val_labels)]
-    assert result["count"] == 6 and result["size"] == SIZE
+    truth = [_as_evaluated(img, EVAL) for img in val]
+    flat = [_naive_psnr(_as_evaluated(np.broadcast_to(img.mean(axis=(0, 1)), img.shape), EVAL), t)
+            for img, t in zip(val, truth)]
+    klass = [_naive_psnr(_as_evaluated(means[lab], EVAL), t) for lab, t in zip(val_labels, truth)]
+    assert result["count"] == 6 and result["size"] == SIZE and result["eval_size"] == EVAL
     assert result["mean_colour_psnr"] == pytest.approx(sum(flat) / len(flat), abs=1e-9)
     assert result["class_mean_psnr"] == pytest.approx(sum(klass) / len(klass), abs=1e-9)
     # class means are closer to each image than its flat mean colour only when classes carry structure;

@@ -15,9 +15,10 @@ photos (at the generator's resolution, upsampled as `vfmtok sample` does), so a 
 hide whether the GPT generates the right class; the demo uses it and also prints the plain-photo figure.
 
 PSNR baselines (to read the tokenizer's PSNR): on the same ADM centre crops of the validation images that
-`vfmtok evaluate --tokenizer` scores, the PSNR of two reconstructions that carry no detail of the image: its
-own mean colour (a flat image), and the mean image of its class's training crops (what a tokenizer that only
-recognised the class could output). A tokenizer whose PSNR is not above both has learnt nothing image-specific.
+`vfmtok evaluate --tokenizer` scores, and under its protocol (uint8, PIL bicubic to 256 px), the PSNR of two
+reconstructions that carry no detail of the image: its own mean colour (a flat image), and the mean image of its
+class's training crops (what a tokenizer that only recognised the class could output). A tokenizer whose PSNR is
+not above both has learnt nothing image-specific.
 """
 from __future__ import annotations
 
@@ -247,16 +248,22 @@ def class_check_cmd(
         json_out.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def psnr_baselines(train_dir: Path, val_dir: Path, size: int) -> dict:
-    """PSNR (dB, per image, averaged; images in [0, 1]) of two detail-free stand-ins for each validation image.
+def psnr_baselines(train_dir: Path, val_dir: Path, size: int, eval_size: int = 256) -> dict:
+    """PSNR (dB, per image, averaged) of two detail-free stand-ins for each validation image, measured exactly as
+    `vfmtok evaluate --tokenizer` measures reconstructions, so the numbers are directly comparable.
+
+    Protocol (`vfmtok.metrics.tokenizer_eval`): ADM centre crop at `size`; the stand-in (float, [0, 1]) and the crop
+    both go to uint8 by clamp(127.5 x + 128) on [-1, 1], are PIL-bicubic-resized to `eval_size` and compared as
+    [0, 1] floats.
 
     Args:
         train_dir, val_dir: prepared data folders (`vfmtok prepare-data` output) with the same classes.
-        size: crop side in pixels (the tokenizer's `image_size`; ADM centre crop, as `evaluate --tokenizer`).
+        size: crop side in pixels (the tokenizer's `image_size`).
+        eval_size: side both images are resized to before PSNR (256, as `evaluate`).
 
     Returns:
         dict with `mean_colour_psnr` (the image's own per-channel mean colour, flat), `class_mean_psnr` (the
-        pixel-wise mean of all training crops of its class), `count` (validation images) and `size`.
+        pixel-wise mean of all training crops of its class), `count` (validation images), `size`, `eval_size`.
 
     Raises:
         ValueError: a validation class has no training image.
@@ -264,10 +271,14 @@ def psnr_baselines(train_dir: Path, val_dir: Path, size: int) -> dict:
     import torch
 
     from vfmtok.metrics.recon import psnr
+    from vfmtok.metrics.tokenizer_eval import to_uint8_resized
 
     def crops(folder: Path) -> tuple[torch.Tensor, np.ndarray]:
         images, labels = _centre_crops(folder, size, per_class=10**9)
         return torch.from_numpy(images).permute(0, 3, 1, 2).double() / 255.0, labels
+
+    def as_evaluated(x: torch.Tensor) -> torch.Tensor:  # [0, 1] (B, 3, S, S) -> [0, 1] (B, 3, E, E), via uint8
+        return torch.from_numpy(to_uint8_resized(x * 2 - 1, eval_size)).permute(0, 3, 1, 2).double() / 255.0
 
     train, train_labels = crops(train_dir)
     val, val_labels = crops(val_dir)
@@ -277,11 +288,13 @@ def psnr_baselines(train_dir: Path, val_dir: Path, size: int) -> dict:
     class_means = {int(c): train[torch.from_numpy(train_labels == c)].mean(0) for c in np.unique(train_labels)}
     class_mean_images = torch.stack([class_means[int(c)] for c in val_labels])
     flat = val.mean(dim=(2, 3), keepdim=True).expand_as(val)
+    truth = as_evaluated(val)
     return {
-        "mean_colour_psnr": float(psnr(flat, val).mean()),
-        "class_mean_psnr": float(psnr(class_mean_images, val).mean()),
+        "mean_colour_psnr": float(psnr(as_evaluated(flat), truth).mean()),
+        "class_mean_psnr": float(psnr(as_evaluated(class_mean_images), truth).mean()),
         "count": int(len(val)),
         "size": int(size),
+        "eval_size": int(eval_size),
     }
 
 
@@ -290,11 +303,13 @@ def psnr_baselines_cmd(
     train: Annotated[Path, typer.Argument(help="prepared training data folder")],
     val: Annotated[Path, typer.Argument(help="prepared validation data folder")],
     size: Annotated[int, typer.Option("--size", help="tokenizer image_size (pixels)")],
+    eval_size: Annotated[int, typer.Option("--eval-size", help="PSNR resolution (256, as evaluate)")] = 256,
     json_out: Annotated[Optional[Path], typer.Option("--json")] = None,
 ) -> None:
     """PSNR of detail-free stand-ins (mean colour, class-mean image) for the validation crops."""
-    result = psnr_baselines(train, val, size)
-    typer.echo(f"PSNR baselines at {size} px on {result['count']} val images: own mean colour "
+    result = psnr_baselines(train, val, size, eval_size)
+    typer.echo(f"PSNR baselines ({size} px crops, compared at {eval_size} px as evaluate does) on {result['count']} "
+               "val images: own mean colour "
                f"{result['mean_colour_psnr']:.2f} dB, class-mean image {result['class_mean_psnr']:.2f} dB")
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2) + "\n")
@@ -321,7 +336,7 @@ def summary_cmd(out: Annotated[Path, typer.Argument(help="demo output folder")])
     base = _load(out / "psnr_baselines.json")
     metrics_rows = [
         ("tokenizer rFID (val, 256 px)", tok.get("rfid")),
-        ("tokenizer PSNR (dB)", tok.get("psnr")),
+        ("tokenizer PSNR (dB, val, 256 px)", tok.get("psnr")),
         ("  baseline: class-mean image PSNR (dB)", base.get("class_mean_psnr")),
         ("  baseline: own mean colour PSNR (dB)", base.get("mean_colour_psnr")),
         ("tokenizer SSIM", tok.get("ssim")),
