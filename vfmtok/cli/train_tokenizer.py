@@ -76,7 +76,7 @@ def command(
     no_progress: NoProgressOpt = False,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    mixed_precision: PrecisionOpt = MixedPrecision.no,
+    mixed_precision: PrecisionOpt = MixedPrecision.bf16,
 ) -> None:
     """Train a VFMTok tokenizer with the paper's recipe (resumable, multi-GPU with torchrun/accelerate launch).
 

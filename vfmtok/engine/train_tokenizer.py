@@ -40,7 +40,7 @@ from vfmtok.engine.checkpoint import latest_checkpoint
 from vfmtok.engine.data import AugmentedImages, open_image_dataset
 from vfmtok.engine.fsdp import local
 from vfmtok.engine.metrics import CodebookUsage
-from vfmtok.engine.schedule import warmup_constant_schedule
+from vfmtok.engine.schedule import WarmupConstant, warmup_constant_schedule
 from vfmtok.engine.trainer import StepOutput, Trainer, TrainerConfig, TrainResult, seed_everything
 from vfmtok.losses import LPIPS, TokenizerLossConfig, adversarial_weight, generator_loss, hinge_d_loss
 
@@ -126,7 +126,7 @@ class TokenizerTrainConfig:
     num_workers: int = 4
     seed: int = 0
     device: str = "auto"
-    mixed_precision: str = "no"
+    mixed_precision: str = "bf16"
     resume: bool = False
     progress: bool = True
     print_every: int = 100
@@ -268,6 +268,11 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TrainResult:
         raise ValueError(f"{cfg.data}: {len(dataset)} images, fewer than one batch of --batch-size {cfg.batch_size}")
     total = cfg.steps if cfg.steps is not None else max(1, round((cfg.epochs or 1) * steps_per_epoch))
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else 4 * steps_per_epoch
+    if warmup >= total and accelerator.is_main_process:
+        last_lr = cfg.lr * WarmupConstant(warmup, cfg.lr)(total - 1)
+        log.warning("warm-up of %d steps%s is not shorter than the run (%d steps): the learning rate never reaches "
+                    "--lr %g (last step: %.3g); pass --warmup-steps or train longer (--epochs / --steps)", warmup,
+                    "" if cfg.warmup_steps is not None else " (default: 4 epochs)", total, cfg.lr, last_lr)
     if cfg.ema_decay > 0 and total * (1 - cfg.ema_decay) < 3 and accelerator.is_main_process:
         log.warning("--ema-decay %g over %d steps: the exported EMA weights stay close to the initialisation "
                     "(use a smaller --ema-decay for short runs)", cfg.ema_decay, total)
@@ -296,6 +301,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TrainResult:
         **dataclasses.asdict(cfg), "disc": disc_kind, "total_steps": total, "warmup_steps": warmup,
         "steps_per_epoch": steps_per_epoch, "num_images": len(dataset), "world_size": accelerator.num_processes,
         "micro_batch": cfg.batch_size // micro_total,
+        "effective_precision": str(accelerator.mixed_precision),  # CPU runs are always fp32 ("no")
     }
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
