@@ -41,7 +41,7 @@ step train-tokenizer vfmtok train-tokenizer "$OUT/data/train" --out "$OUT/runs/t
   --steps "$TOK_STEPS" --batch-size 4 --lr 1e-3 --warmup-steps 20 --ema-decay 0.99 --disc none --perceptual-weight 0 \
   --grid-every "$TOK_STEPS" --save-every "$TOK_STEPS" --log-every 50 --print-every 250 --num-workers 0 --no-progress
 step evaluate-tokenizer vfmtok evaluate --tokenizer "$OUT/runs/tokenizer" --data "$OUT/data/val" \
-  --inception-weights "$OUT/inception_fid_helper.pth" --fid-method eigh --json "$OUT/eval_tokenizer.json"
+  --inception-weights "$OUT/inception_fid_helper.pth" --fid-method eigh --json "$OUT/eval_tokenizer.json" --no-progress
 step psnr-baselines python -m vfmtok.demo_report psnr-baselines "$OUT/data/train" "$OUT/data/val" \
   --size "$TOK_SIZE" --json "$OUT/psnr_baselines.json"
 step extract-tokens vfmtok extract-tokens "$OUT/data/train" "$OUT/tokens" --tokenizer "$OUT/runs/tokenizer" \
@@ -52,7 +52,7 @@ step train-ar vfmtok train-ar --tokens "$OUT/tokens" --out "$OUT/runs/gpt" --mod
 step sample vfmtok sample --ckpt "$OUT/runs/gpt" --labels balanced -n $((NUM_CLASSES * SAMPLES_PER_CLASS)) \
   --out "$OUT/samples" --temperature 1.0 --top-k 20 --cfg-scale 2.0 --no-progress
 step evaluate-samples vfmtok evaluate "$OUT/samples/samples.npz" --ref "$OUT/ref_val_256.npz" \
-  --inception-weights "$OUT/inception_fid_helper.pth" --fid-method eigh --json "$OUT/eval_samples.json"
+  --inception-weights "$OUT/inception_fid_helper.pth" --fid-method eigh --json "$OUT/eval_samples.json" --no-progress
 cp "$(ls "$OUT"/runs/tokenizer/grids/*.png | tail -1)" "$OUT/recon_grid.png"
 cp "$OUT/samples/grid.png" "$OUT/sample_grid.png"
 step class-check python -m vfmtok.demo_report class-check "$OUT/samples/samples.npz" "$OUT/data/train" \

@@ -112,7 +112,8 @@ def test_devkit_ground_truth_with_text_synset_list_and_missing_meta(tmp_path):
 
 def test_flat_folder_without_labels_is_refused(tmp_path):
     _flat_val(tmp_path / "val", 2)
-    with pytest.raises(LayoutError, match="LOC_val_solution.csv"):
+    with pytest.raises(LayoutError, match=r"no class folders: put the images in one sub-folder per class .*"
+                                          r"LOC_val_solution.csv"):
         discover(tmp_path, "val")
 
 

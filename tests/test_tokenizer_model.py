@@ -141,6 +141,9 @@ def test_bad_inputs_are_refused_with_clear_errors(tok, images):
         tok.decode_codes(torch.zeros(2, 10, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[0, 1024\)"):
         tok.decode_codes(torch.full((1, 64), 1024, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"vfm_name 'vit_dinov9': timm .* has no such model; the DINOv2 ones are "
+                                         r"\[.*'vit_large_patch14_reg4_dinov2'"):
+        create_tokenizer("tiny", vfm_name="vit_dinov9")
 
 
 def test_save_load_round_trip_gives_bit_identical_codes(tok, images, tmp_path):

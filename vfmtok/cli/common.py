@@ -29,7 +29,8 @@ PrecisionOpt = Annotated[
     MixedPrecision,
     typer.Option(
         "--mixed-precision",
-        help="Autocast dtype on CUDA: no | bf16 | fp16. Deformable attention and quantizer distances always run in fp32.",
+        help="Autocast dtype on CUDA (CPU runs are fp32): no | bf16 | fp16. The tokenizer's deformable attention and "
+        "quantizer distances always run in fp32.",
     ),
 ]
 PrintEveryOpt = Annotated[int, typer.Option(

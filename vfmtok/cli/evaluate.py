@@ -38,6 +38,7 @@ def command(
         "--encoder-weights", help="Tokenizer mode: frozen-encoder weights (dinov2_vitl14_reg4_pretrain.pth) for a "
                                   "tokenizer file without them, e.g. the authors' vfmtok-tokenizer.pt.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the reference statistics cache.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     mixed_precision: PrecisionOpt = MixedPrecision.no,
@@ -53,7 +54,7 @@ def command(
         if tokenizer is None or data is None or samples is not None or ref is not None:
             fail("tokenizer mode takes exactly --tokenizer RUN --data DATA (no SAMPLES.npz / --ref)")
         _tokenizer_mode(tokenizer, data, inception_weights, json_out, batch_size, limit, device,
-                        None if no_is_shuffle else is_shuffle_seed, fid_method, encoder_weights)
+                        None if no_is_shuffle else is_shuffle_seed, fid_method, encoder_weights, progress)
         return
     if samples is None or ref is None:
         fail("usage: vfmtok evaluate SAMPLES.npz --ref REF.npz, or vfmtok evaluate --tokenizer RUN --data DATA")
@@ -73,7 +74,7 @@ def command(
             result = evaluate_samples(
                 samples, ref, inception_weights=inception_weights, batch_size=batch_size, device=device,
                 mixed_precision=mixed_precision.value, allow_resize=allow_resize, is_shuffle_seed=None if no_is_shuffle else is_shuffle_seed,
-                use_cache=not no_cache, progress=True, fid_method=fid_method,
+                use_cache=not no_cache, progress=progress, fid_method=fid_method,
             )
     except (EvaluationInputError, InceptionWeightsNotFound, InceptionWeightsError, ValueError) as err:
         fail(str(err))
@@ -93,7 +94,7 @@ def command(
 
 def _tokenizer_mode(tokenizer: Path, data: Path, inception_weights: Optional[Path], json_out: Optional[Path],
                     batch_size: int, limit: Optional[int], device: str, is_shuffle_seed: Optional[int],
-                    fid_method: str, encoder_weights: Optional[Path] = None) -> None:
+                    fid_method: str, encoder_weights: Optional[Path] = None, progress: bool = True) -> None:
     """`--tokenizer RUN --data DATA`: rFID, rIS, PSNR, SSIM, codebook usage (see docs/evaluate.md)."""
     from vfmtok.metrics.tokenizer_eval import evaluate_tokenizer
     from vfmtok.metrics.weights import InceptionWeightsError, InceptionWeightsNotFound
@@ -102,7 +103,8 @@ def _tokenizer_mode(tokenizer: Path, data: Path, inception_weights: Optional[Pat
         result = evaluate_tokenizer(str(tokenizer), str(data), inception_weights=inception_weights,
                                     batch_size=batch_size, limit=limit, device=device,
                                     is_shuffle_seed=is_shuffle_seed, fid_method=fid_method,
-                                    encoder_weights=None if encoder_weights is None else str(encoder_weights))
+                                    encoder_weights=None if encoder_weights is None else str(encoder_weights),
+                                    progress=progress)
     except (FileNotFoundError, InceptionWeightsNotFound, InceptionWeightsError, ValueError) as err:
         fail(str(err))
     typer.echo(f"tokenizer: {tokenizer}  image size {result['image_size']}  codebook {result['codebook_size']}")

@@ -263,8 +263,9 @@ def discover(src: str | os.PathLike, split: str = "train", classes: list[str] | 
     else:
         labels_path = Path(labels_file) if labels_file else _find_label_file(root, src)
         if labels_path is None:
-            raise LayoutError(f"{root} holds no class folders; a flat val folder needs {' or '.join(LABEL_FILE_NAMES)}"
-                              f" (pass --val-labels FILE)")
+            raise LayoutError(f"{root} holds no class folders: put the images in one sub-folder per class "
+                              f"({root}/<class>/*.jpg; a single sub-folder for unlabelled images), or, for a flat "
+                              f"ImageNet val folder, provide {' or '.join(LABEL_FILE_NAMES)} (--val-labels FILE)")
         if not labels_path.is_file():
             raise LayoutError(f"labels file not found: {labels_path}")
         if labels_path.suffix.lower() == ".csv":

@@ -142,7 +142,8 @@ class FrozenVFM(nn.Module):
 
     Raises:
         RuntimeError: pretrained weights cannot be obtained (names the file and where to put it).
-        ValueError: a weights file does not fit the model (names the keys), or a level index is out of range.
+        ValueError: `name` is not a timm model, a weights file does not fit the model (names the keys), or a level
+            index is out of range.
     """
 
     def __init__(self, name: str, image_size: int, levels: Sequence[int], norm_last: bool = True,
@@ -150,6 +151,10 @@ class FrozenVFM(nn.Module):
         super().__init__()
         import timm
 
+        base_name = name.split(".")[0]  # timm names may carry a pretrained tag: 'arch.tag'
+        if not timm.is_model(base_name):
+            raise ValueError(f"vfm_name {name!r}: timm {timm.__version__} has no such model; the DINOv2 ones are "
+                             f"{timm.list_models('*dinov2*')}")
         kwargs = dict(img_size=image_size, num_classes=0, **(timm_kwargs or {}))
         pretrained = isinstance(weights, str) and weights == "pretrained"
         in_memory = isinstance(weights, dict)
