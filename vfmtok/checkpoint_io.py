@@ -92,7 +92,7 @@ def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike, me
     with tmp.open("r+b") as fh:
         (size,) = struct.unpack("<Q", fh.read(8))
         header = json.loads(fh.read(size))
-        canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        canonical = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         if len(canonical) <= size:  # always, for what safetensors writes; never grow the header
             fh.seek(8)
             fh.write(canonical + b" " * (size - len(canonical)))
