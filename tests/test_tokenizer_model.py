@@ -146,6 +146,21 @@ def test_bad_inputs_are_refused_with_clear_errors(tok, images):
         create_tokenizer("tiny", vfm_name="vit_dinov9")
 
 
+def test_hub_encoder_names_are_left_to_timm(monkeypatch):
+    """'hf-hub:...' names are not in timm's registry but timm.create_model resolves them: no early refusal."""
+    import timm
+
+    class Reached(Exception):
+        pass
+
+    def fake_create_model(name, **kwargs):
+        raise Reached(name)
+
+    monkeypatch.setattr(timm, "create_model", fake_create_model)
+    with pytest.raises(Reached, match="hf-hub:timm/vit_small_patch14_reg4_dinov2.lvd142m"):
+        create_tokenizer("tiny", vfm_name="hf-hub:timm/vit_small_patch14_reg4_dinov2.lvd142m")
+
+
 def test_save_load_round_trip_gives_bit_identical_codes(tok, images, tmp_path):
     with torch.no_grad():  # move away from the init so a silently re-initialised load would be caught
         for p in tok.parameters():

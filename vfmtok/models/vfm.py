@@ -151,8 +151,10 @@ class FrozenVFM(nn.Module):
         super().__init__()
         import timm
 
-        base_name = name.split(".")[0]  # timm names may carry a pretrained tag: 'arch.tag'
-        if not timm.is_model(base_name):
+        from timm.models import parse_model_name
+
+        # registry names (with or without a '.tag') are checked here; 'hf-hub:...' names are resolved by timm itself
+        if parse_model_name(name)[0] is None and not timm.is_model(name):
             raise ValueError(f"vfm_name {name!r}: timm {timm.__version__} has no such model; the DINOv2 ones are "
                              f"{timm.list_models('*dinov2*')}")
         kwargs = dict(img_size=image_size, num_classes=0, **(timm_kwargs or {}))
