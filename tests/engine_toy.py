@@ -46,7 +46,8 @@ class ToyGen(nn.Module):
 
 
 def build(out: Path, steps: int, save_every: int = 2, global_batch: int = 8, grad_accum: int = 1,
-          skip_nonfinite: bool = False, nan_at: int | None = None, sleep: float = 0.0, keep_last: int = 3, print_every: int = 0) -> Trainer:
+          skip_nonfinite: bool = False, nan_at: int | None = None, sleep: float = 0.0, keep_last: int = 3,
+          print_every: int = 0) -> Trainer:
     torch.manual_seed(123)  # model init (independent of the trainer's seeding)
     gen = ToyGen()
     disc = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))

@@ -146,10 +146,10 @@ def class_check(samples_npz: Path, train_dir: Path, inception_weights: Optional[
             the check compares content, not sharpness. None: the tokenizer's `image_size` when `tokenizer` is
             given, else the samples' size.
         reference: "photos": class means of the training crops themselves; "reconstructions": class means of
-            the same crops passed through the tokenizer (`decode(encode(x))`, needs `tokenizer`), i.e. how the tokenizer renders class k; this asks whether the generator produces
-            class k independently of the tokenizer's blur (with Inception features, blurry decodes of real
-            val photos land near the sharp photos' means of the wrong class, so "photos" measures sharpness
-            more than class). The other reference's fraction is reported too (`fraction_vs_photos` /
+            the same crops passed through the tokenizer (`decode(encode(x))`, needs `tokenizer`), i.e. how the
+            tokenizer renders class k; this asks whether the generator produces class k independently of the
+            tokenizer's blur (with Inception features, blurry decodes of real val photos land near the sharp
+            photos' means of the wrong class, so "photos" measures sharpness more than class). The other reference's fraction is reported too (`fraction_vs_photos` /
             `fraction_vs_reconstructions`) when a tokenizer is given.
 
     Returns:
