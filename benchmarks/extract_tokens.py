@@ -1,6 +1,6 @@
 """Throughput of `extract-tokens` and of the token-store reader.
 
-1. Extraction: images/s of :func:`vfmtok.extract.extract_tokens` over a folder of synthetic JPEGs, for
+1. Extraction: images/s of :func:`vfmtok.jobs.extract.extract_tokens` over a folder of synthetic JPEGs, for
    `--aug none` and `--aug ten-crop`, against the bare `tok.encode` of pre-cropped tensors of the same
    batches in the same run (ratio = the share of encoder speed the pipeline keeps: decode, crop, store).
    Default preset `tiny` on the current device; `--preset vfmtok-l --encoder-weights random` measures the
@@ -23,9 +23,12 @@ import torch
 from PIL import Image
 
 import vfmtok
-from vfmtok.data import token_store as ts
+from vfmtok.data.token_store import format as tsf
+from vfmtok.data.token_store import reader as tsr
+from vfmtok.data.token_store import writer as tsw
 from vfmtok.device import autocast, autocast_dtype, resolve_device
-from vfmtok.extract import ExtractOptions, extract_tokens, make_views, open_image_source, uint8_to_unit
+from vfmtok.imageops import uint8_to_unit
+from vfmtok.jobs.extract import ExtractOptions, extract_tokens, make_views, open_image_source
 
 
 def _make_folder(root: Path, n: int, classes: int = 4) -> None:
@@ -80,15 +83,15 @@ def bench_reader(args: argparse.Namespace, work: Path) -> None:
     n, a, l_ = args.reader_images, 10, 256
     out = work / "reader-store"
     rng = np.random.default_rng(0)
-    ts.create_store(out, ts.StoreLayout(n, a, l_, 16384), {"num_classes": 1000, "grid_size": 16})
-    with ts.StoreWriter(out) as writer:
+    tsw.create_store(out, tsf.StoreLayout(n, a, l_, 16384), {"num_classes": 1000, "grid_size": 16})
+    with tsw.StoreWriter(out) as writer:
         for s in range(0, n, 4096):
             e = min(n, s + 4096)
             writer.write(np.arange(s, e), rng.integers(0, 16384, (e - s, a, l_)), rng.integers(0, 1000, e - s))
-    ts.finalize_store(out)
-    ds = ts.TokenDataset(out, seed=0)
+    tsw.finalize_store(out)
+    ds = tsr.TokenDataset(out, seed=0)
     order = rng.permutation(n)
-    aug = ts.augmentation_choice(0, 0, order, a)
+    aug = tsf.augmentation_choice(0, 0, order, a)
     codes = np.load(out / "codes.npy", mmap_mode="r")
     labels = np.load(out / "labels.npy", mmap_mode="r")
     ds[0]

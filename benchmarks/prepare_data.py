@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from vfmtok.data.demo import DemoSettings, build_demo_data
-from vfmtok.data.prepare import PrepareSettings, prepare_dataset
+from vfmtok.jobs.prepare import PrepareSettings, prepare_dataset
 
 
 def _baseline(files: list[Path], min_size: int) -> float:

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from vfmtok.models.gpt import create_gpt
+from vfmtok.models.gpt_io import create_gpt
 from vfmtok.sampling import generate
 
 

@@ -40,7 +40,7 @@ def _timeit(fn, device: torch.device, iters: int, warmup: int = 1) -> float:
 
 
 def bench_tokenizer(preset: str, device: torch.device, batch: int, iters: int) -> None:
-    from vfmtok.models.tokenizer import create_tokenizer
+    from vfmtok.models.tokenizer_io import create_tokenizer
 
     start = time.perf_counter()
     tok = create_tokenizer(preset, encoder_weights="random").to(device).eval()

@@ -1,7 +1,7 @@
 """Training throughput of `train-ar`: tokens/s, achieved TFLOP/s and MFU per GPT preset (not run by CI).
 
 Builds a synthetic token store (random codes, 16x16 grid, 16384-entry codebook, 1000 classes) in a temporary
-directory, runs `vfmtok.engine.train_ar.train_ar` for 2 x `--steps` optimizer steps and reports the second window
+directory, runs `vfmtok.jobs.train_ar.train_ar` for 2 x `--steps` optimizer steps and reports the second window
 (the first one holds the warm-up: allocator, compilation) from metrics.jsonl. FLOPs/token come from `GPT.flops_per_token()`
 (6N + attention, PaLM convention); MFU = achieved / peak, with the peak from `PEAK_BF16_FLOPS` on CUDA or
 `--peak-tflops` (CPU has no default peak: MFU is printed as n/a).
@@ -20,19 +20,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vfmtok.data import token_store as ts
-from vfmtok.engine.train_ar import TrainARConfig, train_ar
+from vfmtok.data.token_store import format as tsf
+from vfmtok.data.token_store import writer as tsw
+from vfmtok.jobs.train_ar import TrainARConfig, train_ar
 
 
 def synthetic_store(out: Path, num_images: int, grid: int = 16, vocab: int = 16384, classes: int = 1000) -> Path:
     """A complete store of `num_images` random sequences (1 view) for throughput measurements."""
     rng = np.random.default_rng(0)
-    ts.create_store(out, ts.StoreLayout(num_images, 1, grid * grid, vocab),
+    tsw.create_store(out, tsf.StoreLayout(num_images, 1, grid * grid, vocab),
                     {"num_classes": classes, "grid_size": grid, "tokenizer": {"path": None}})
-    with ts.StoreWriter(out) as writer:
+    with tsw.StoreWriter(out) as writer:
         writer.write(np.arange(num_images), rng.integers(0, vocab, (num_images, 1, grid * grid)),
                      rng.integers(0, classes, num_images))
-    ts.finalize_store(out)
+    tsw.finalize_store(out)
     return out
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from vfmtok.data.demo import DemoSettings, build_demo_data
-from vfmtok.engine.train_tokenizer import TokenizerTrainConfig, train_tokenizer
+from vfmtok.jobs.train_tokenizer import TokenizerTrainConfig, train_tokenizer
 from vfmtok.losses import TokenizerLossConfig
 
 

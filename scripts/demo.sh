@@ -42,7 +42,7 @@ step train-tokenizer vfmtok train-tokenizer "$OUT/data/train" --out "$OUT/runs/t
   --grid-every "$TOK_STEPS" --save-every "$TOK_STEPS" --log-every 50 --print-every 250 --num-workers 0 --no-progress
 step evaluate-tokenizer vfmtok evaluate --tokenizer "$OUT/runs/tokenizer" --data "$OUT/data/val" \
   --inception-weights "$OUT/inception_fid_helper.pth" --fid-method eigh --json "$OUT/eval_tokenizer.json" --no-progress
-step psnr-baselines python -m vfmtok.demo_report psnr-baselines "$OUT/data/train" "$OUT/data/val" \
+step psnr-baselines python -m vfmtok.jobs.demo_report psnr-baselines "$OUT/data/train" "$OUT/data/val" \
   --size "$TOK_SIZE" --json "$OUT/psnr_baselines.json"
 step extract-tokens vfmtok extract-tokens "$OUT/data/train" "$OUT/tokens" --tokenizer "$OUT/runs/tokenizer" \
   --aug flip --num-workers 1 --no-progress
@@ -55,7 +55,7 @@ step evaluate-samples vfmtok evaluate "$OUT/samples/samples.npz" --ref "$OUT/ref
   --inception-weights "$OUT/inception_fid_helper.pth" --fid-method eigh --json "$OUT/eval_samples.json" --no-progress
 cp "$(ls "$OUT"/runs/tokenizer/grids/*.png | tail -1)" "$OUT/recon_grid.png"
 cp "$OUT/samples/grid.png" "$OUT/sample_grid.png"
-step class-check python -m vfmtok.demo_report class-check "$OUT/samples/samples.npz" "$OUT/data/train" \
+step class-check python -m vfmtok.jobs.demo_report class-check "$OUT/samples/samples.npz" "$OUT/data/train" \
   --inception-weights "$OUT/inception_fid_helper.pth" --tokenizer "$OUT/runs/tokenizer" \
   --reference reconstructions --json "$OUT/class_check.json"
-python -m vfmtok.demo_report summary "$OUT"
+python -m vfmtok.jobs.demo_report summary "$OUT"

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from vfmtok.data.crops import (AdmCenterCrop, AdmRandomCrop, adm_box_halve, adm_center_crop, adm_random_crop,
-                               ten_crop, to_tensor_m11)
+                               ten_crop)
+from vfmtok.imageops import from_uint8
 
 
 def _smooth(w: int, h: int) -> Image.Image:
@@ -96,7 +97,7 @@ def test_ten_crop_matches_torchvision():
 
 def test_to_tensor_scales_to_minus_one_one():
     arr = np.array([[[0, 127, 255]]], np.uint8)
-    tensor = to_tensor_m11(arr)
+    tensor = from_uint8(torch.from_numpy(arr))
     assert tensor.shape == (3, 1, 1) and tensor.dtype == torch.float32
     torch.testing.assert_close(tensor.flatten(), torch.tensor([-1.0, 127 / 127.5 - 1, 1.0]))
 
@@ -110,4 +111,4 @@ def test_transforms_return_minus_one_one_tensors_and_flip():
     # the smooth image's red channel grows with x; a flipped crop decreases along x
     assert (tensor[0, :, 0] > tensor[0, :, -1]).all()
     centre = AdmCenterCrop(48)(image)
-    torch.testing.assert_close(centre, to_tensor_m11(adm_center_crop(image, 48)))
+    torch.testing.assert_close(centre, from_uint8(torch.from_numpy(adm_center_crop(image, 48))))

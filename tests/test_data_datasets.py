@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from vfmtok.data.crops import AdmCenterCrop
 from vfmtok.data.datasets import ImageFolderDataset, PreparedDataset, PreparedStream, partition
 from vfmtok.data.decode import DecodeError, decode_image
-from vfmtok.data.prepare import PrepareSettings, prepare_dataset
+from vfmtok.jobs.prepare import PrepareSettings, prepare_dataset
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from vfmtok.cli.main import app
 from vfmtok.data.adm_npz import inspect_npz
 from vfmtok.data.crops import adm_box_halve, adm_center_crop
 from vfmtok.data.decode import decode_image
-from vfmtok.data.prepare import FAIL_AFTER_ENV, NpzRequest, PrepareError, PrepareSettings, prepare_dataset
+from vfmtok.jobs.prepare import FAIL_AFTER_ENV, NpzRequest, PrepareError, PrepareSettings, prepare_dataset
 from vfmtok.data.shards import read_shard_index
 
 runner = CliRunner()
@@ -155,7 +155,7 @@ def test_sigkilled_process_resumes_to_identical_output(source, tmp_path):
     reference = tmp_path / "ref"
     prepare_dataset(source, reference, SETTINGS, command_line=["x"])
     out = tmp_path / "out"
-    code = ("import sys; from vfmtok.data.prepare import PrepareSettings, prepare_dataset; "
+    code = ("import sys; from vfmtok.jobs.prepare import PrepareSettings, prepare_dataset; "
             "prepare_dataset(sys.argv[1], sys.argv[2], PrepareSettings(min_size=12, shard_size=4))")
     env = {**os.environ, FAIL_AFTER_ENV: "2:kill"}
     proc = subprocess.run([sys.executable, "-c", code, str(source), str(out)], env=env, capture_output=True)

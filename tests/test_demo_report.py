@@ -1,4 +1,4 @@
-"""vfmtok.demo_report: PSNR baselines and the nearest-class-mean assignment against naive computations."""
+"""vfmtok.jobs.demo_report: PSNR baselines and the nearest-class-mean assignment against naive computations."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vfmtok.data.prepare import PrepareSettings, prepare_dataset
-from vfmtok.demo_report import nearest_class_mean, psnr_baselines
+from vfmtok.jobs.prepare import PrepareSettings, prepare_dataset
+from vfmtok.jobs.demo_report import nearest_class_mean, psnr_baselines
 
 SIZE = 16
 EVAL = 24  # PSNR resolution of the baselines (evaluate uses 256); != SIZE so the resize is exercised
@@ -87,7 +87,7 @@ def test_nearest_class_mean_equals_a_naive_argmin():
 
 
 def test_class_check_refuses_an_unknown_reference_or_reconstructions_without_a_tokenizer(tmp_path):
-    from vfmtok.demo_report import class_check
+    from vfmtok.jobs.demo_report import class_check
 
     with pytest.raises(ValueError, match="reference must be 'photos' or 'reconstructions'"):
         class_check(tmp_path / "s.npz", tmp_path, reference="recons")
@@ -98,8 +98,8 @@ def test_class_check_refuses_an_unknown_reference_or_reconstructions_without_a_t
 
 def test_class_check_takes_the_native_size_from_the_tokenizer(prepared, tmp_path):
     import vfmtok
-    from vfmtok.demo_report import class_check
-    from vfmtok.models.tokenizer import save_tokenizer
+    from vfmtok.jobs.demo_report import class_check
+    from vfmtok.models.tokenizer_io import save_tokenizer
 
     tok = vfmtok.create_tokenizer("tiny", encoder_weights="random", image_size=56, pixel_ch_mult=[1, 1, 2, 2])
     save_tokenizer(tok, tmp_path / "tok")

@@ -10,7 +10,8 @@ from torch import nn
 
 from vfmtok.engine.checkpoint import capture_rng, latest_checkpoint, list_checkpoints, read_checkpoint, restore_rng, write_checkpoint
 from vfmtok.engine.ema import EMA
-from vfmtok.engine.metrics import CodebookUsage, MetricsLogger, read_metrics
+from vfmtok.engine.metrics_log import MetricsLogger, read_metrics
+from vfmtok.metrics.codebook import CodebookUsage
 from vfmtok.engine.sampler import RankDisjointSampler
 from vfmtok.engine.schedule import warmup_constant_schedule
 
@@ -141,10 +142,10 @@ def test_codebook_usage_window_counts_distinct_recent_codes():
     assert a.usage() == b.usage() == len(set(stream[-16:].tolist())) / 10
 
 
-def test_augmented_images_depend_only_on_seed_epoch_position_and_plain_items_adapter():
+def test_augmented_images_depend_only_on_seed_epoch_position():
     from PIL import Image
 
-    from vfmtok.engine.data import AugmentedImages, PlainItems
+    from vfmtok.engine.loader import AugmentedImages
 
     rng = np.random.default_rng(0)
     base = [(Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)), 3)]
@@ -154,4 +155,3 @@ def test_augmented_images_depend_only_on_seed_epoch_position_and_plain_items_ada
     assert a.min() >= -1 and a.max() <= 1
     assert torch.equal(a, aug[(0, 2, 5)][0])  # deterministic
     assert not torch.equal(a, aug[(0, 3, 5)][0]) or not torch.equal(a, aug[(0, 2, 6)][0])
-    assert PlainItems(["x", "y"])[(1, 0, 9)] == "y" and len(PlainItems(["x", "y"])) == 2

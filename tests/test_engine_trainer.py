@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from engine_toy import DISC_START, build  # noqa: E402
 
 from vfmtok.engine.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint  # noqa: E402
-from vfmtok.engine.metrics import read_metrics  # noqa: E402
+from vfmtok.engine.metrics_log import read_metrics  # noqa: E402
 from vfmtok.engine.trainer import TIME_KEYS, NonFiniteLossError  # noqa: E402
 
 

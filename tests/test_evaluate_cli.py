@@ -176,7 +176,7 @@ def test_tokenizer_mode_uses_encoder_weights_file(batches, tmp_path):
     from PIL import Image
 
     import vfmtok
-    from vfmtok.models.tokenizer import save_tokenizer
+    from vfmtok.models.tokenizer_io import save_tokenizer
 
     _, weights, _, _ = batches
     torch.manual_seed(0)

@@ -14,8 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vfmtok.data import token_store as ts
-from vfmtok.extract import ExtractOptions, StoreMismatchError, extract_tokens, make_views, plan_batches, view_names
+from vfmtok.io import hashing
+from vfmtok.data.token_store import format as tsf
+from vfmtok.data.token_store import reader as tsr
+from vfmtok.data.token_store import writer as tsw
+from vfmtok.jobs.extract import ExtractOptions, StoreMismatchError, extract_tokens, make_views, plan_batches, view_names
 
 TESTS = Path(__file__).resolve().parent
 
@@ -152,7 +155,7 @@ def test_store_holds_every_image_views_and_label(tmp_path, aug, neighbours):
     assert manifest["counts"]["per_class"] == [2, 2, 1]
     assert [a["view"] for a in manifest["augmentations"]] == view_names(aug) * neighbours
     assert not (tmp_path / "s" / "progress.npy").exists()
-    ts.validate_store(tmp_path / "s")
+    tsw.validate_store(tmp_path / "s")
 
 
 def test_refuses_store_of_other_settings_unless_overwrite(tmp_path):
@@ -196,7 +199,7 @@ _SCRIPT = """
 import os, sys
 sys.path.insert(0, {tests!r})
 from test_extract_tokens import FakeSource, FakeTokenizer
-from vfmtok.extract import ExtractOptions, extract_tokens
+from vfmtok.jobs.extract import ExtractOptions, extract_tokens
 out, kill_after, n, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 
 def on_batch(count):
@@ -227,7 +230,7 @@ def test_torchrun_two_ranks_equal_one_process_byte_for_byte(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _store_bytes(tmp_path / "two") == _store_bytes(tmp_path / "one")
-    one, two = ts.read_manifest(tmp_path / "one"), ts.read_manifest(tmp_path / "two")
+    one, two = tsf.read_manifest(tmp_path / "one"), tsf.read_manifest(tmp_path / "two")
     assert two["world_size"] == 2 and two["settings"] == one["settings"] and two["counts"] == one["counts"]
 
 
@@ -236,19 +239,19 @@ def test_resume_after_kill_finishes_identical_to_uninterrupted(tmp_path):
     proc = subprocess.run([sys.executable, str(_script(tmp_path)), str(out), "3", str(n), "0"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 9, proc.stderr[-3000:]
-    manifest = ts.read_manifest(out)
+    manifest = tsf.read_manifest(out)
     assert not manifest["complete"]
     done = np.load(out / "progress.npy")
     np.testing.assert_array_equal(done, [1, 1, 1, 1, 0, 0, 0, 0, 0])  # batches 0-1 flushed, batch 2 not yet
     with pytest.raises(ValueError, match="incomplete"):
-        ts.TokenDataset(out)
+        tsr.TokenDataset(out)
     batches = []
     opts = ExtractOptions(aug="flip", batch_size=2, num_workers=0, progress=False, device="cpu")
     extract_tokens(FakeSource(n), out, FakeTokenizer(), options=opts, on_batch=batches.append)
     assert batches == [1, 2, 3]  # only batches 2, 3, 4 were encoded again
     run_extract(tmp_path / "clean", n=n, aug="flip")
     assert _store_bytes(out) == _store_bytes(tmp_path / "clean")
-    assert ts.read_manifest(out)["complete"]
+    assert tsf.read_manifest(out)["complete"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +260,7 @@ def test_resume_after_kill_finishes_identical_to_uninterrupted(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     import vfmtok
-    from vfmtok.models.tokenizer import save_tokenizer
+    from vfmtok.models.tokenizer_io import save_tokenizer
 
     torch.manual_seed(0)
     run = tmp_path_factory.mktemp("tok") / "run"
@@ -299,10 +302,10 @@ def test_cli_extracts_folder_with_tiny_tokenizer(tmp_path, tiny_run, image_folde
         x = torch.from_numpy(np.stack([crop, crop[:, ::-1]]).transpose(0, 3, 1, 2).copy()).float() / 127.5 - 1
         first, second = tok.encode(x, return_second=True)
         np.testing.assert_array_equal(codes[i], torch.cat([first, second]).numpy())
-    manifest = ts.read_manifest(out)
+    manifest = tsf.read_manifest(out)
     assert manifest["codebook_size"] == 1024 and manifest["grid_size"] == 8
     assert manifest["source"]["kind"] == "image-folder" and manifest["classes"] == ["n01440764", "n01443537"]
-    assert manifest["tokenizer"]["file_sha256"] == ts.sha256_file(tiny_run / "tokenizer.safetensors")
+    assert manifest["tokenizer"]["file_sha256"] == hashing.sha256_file(tiny_run / "tokenizer.safetensors")
     # same command again: nothing to do; other settings: refused with one clear line
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "nothing to do" in again.output
@@ -314,7 +317,7 @@ def test_cli_extracts_prepared_data_same_codes_as_folder(tmp_path, tiny_run, ima
     from typer.testing import CliRunner
 
     from vfmtok.cli.main import app
-    from vfmtok.data.prepare import PrepareSettings, prepare_dataset
+    from vfmtok.jobs.prepare import PrepareSettings, prepare_dataset
 
     prepare_dataset(image_folder, tmp_path / "prep", PrepareSettings(min_size=0, shard_size=2), command_line=["t"])
     common = ["--tokenizer", str(tiny_run), "--num-workers", "1", "--device", "cpu", "--no-progress"]
@@ -322,7 +325,7 @@ def test_cli_extracts_prepared_data_same_codes_as_folder(tmp_path, tiny_run, ima
         result = CliRunner().invoke(app, ["extract-tokens", str(data), str(out), *common])
         assert result.exit_code == 0, result.output
     assert (tmp_path / "a" / "codes.npy").read_bytes() == (tmp_path / "b" / "codes.npy").read_bytes()
-    assert ts.read_manifest(tmp_path / "a")["source"]["kind"] == "prepared-data"
-    dataset = ts.TokenDataset(tmp_path / "a")
+    assert tsf.read_manifest(tmp_path / "a")["source"]["kind"] == "prepared-data"
+    dataset = tsr.TokenDataset(tmp_path / "a")
     assert (dataset.num_classes, dataset.vocab_size, dataset.grid_size, len(dataset)) == (2, 1024, 8, 5)
     assert dataset.classes == ["n01440764", "n01443537"]

@@ -16,9 +16,9 @@ import vfmtok
 from vfmtok.cli.main import app
 from vfmtok.engine.accel import make_accelerator
 from vfmtok.engine.checkpoint import latest_checkpoint, read_checkpoint
-from vfmtok.engine.metrics import read_metrics
-from vfmtok.engine.train_ar import TIME_DEPENDENT_KEYS, split_indices, train_ar
-from vfmtok.models.gpt import create_gpt
+from vfmtok.engine.metrics_log import read_metrics
+from vfmtok.jobs.train_ar import TIME_DEPENDENT_KEYS, split_indices, train_ar
+from vfmtok.models.gpt_io import create_gpt
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train_ar import N, cfg_for, make_store  # noqa: E402
@@ -58,7 +58,7 @@ def test_fsdp_two_processes_match_one_process_and_resume_bit_exact(tmp_path):
         from pathlib import Path
         from test_fsdp import NODROP
         from test_train_ar import cfg_for
-        from vfmtok.engine.train_ar import train_ar
+        from vfmtok.jobs.train_ar import train_ar
         store, tmp = Path(sys.argv[1]), Path(sys.argv[2])
         # the same data per step as one process, no dropout, gradient accumulation over 2 micro-batches,
         # activation checkpointing of the FSDP units
@@ -66,7 +66,8 @@ def test_fsdp_two_processes_match_one_process_and_resume_bit_exact(tmp_path):
         # the sharding itself (process group set up by train_ar): FSDP units and this rank's shard of each parameter
         import os
         from vfmtok.engine.fsdp import is_fsdp, shard_model
-        from vfmtok.models.gpt import TransformerBlock, create_gpt
+        from vfmtok.models.gpt_layers import TransformerBlock
+        from vfmtok.models.gpt_io import create_gpt
         gpt = shard_model(create_gpt("GPT-tiny", vocab_size=16, num_classes=4, grid_size=4), (TransformerBlock,),
                           torch.device("cpu"))
         units = [n for n, m in gpt.named_modules() if is_fsdp(m)]

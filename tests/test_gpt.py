@@ -9,9 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vfmtok.checkpoint_io import load_official_pt
-from vfmtok.configs import GPT_PRESETS, gpt_preset
-from vfmtok.models.gpt import GPT, GPTConfig, create_gpt, load_gpt, rope_table_2d, save_gpt
+from vfmtok.io.weights import load_official_pt
+from vfmtok.models.gpt_config import GPT_PRESETS, gpt_preset
+from vfmtok.models.gpt import GPT
+from vfmtok.models.gpt_config import GPTConfig
+from vfmtok.models.gpt_io import create_gpt, load_gpt, save_gpt
+from vfmtok.models.gpt_layers import rope_table_2d
 
 OFFICIAL = ("GPT-B", "GPT-L", "GPT-XL", "GPT-XXL", "GPT-2B", "GPT-3B")
 

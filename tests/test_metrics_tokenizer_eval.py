@@ -10,7 +10,7 @@ from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from vfmtok.metrics.inception import InceptionOutputs
-from vfmtok.metrics.tokenizer_eval import evaluate_reconstructions
+from vfmtok.jobs.evaluate_tokenizer import evaluate_reconstructions
 
 
 class BlockTokenizer:

@@ -9,7 +9,7 @@ import torch
 from einops import rearrange
 from safetensors.torch import load_file
 
-from vfmtok.checkpoint_io import load_official_pt, pick_state_dict
+from vfmtok.io.weights import load_official_pt, pick_state_dict
 from vfmtok.imageops import resize_bicubic, to_uint8
 from vfmtok.models.pixel_decoder import AttnBlock, PixelDecoder, PixelDecoderConfig
 from vfmtok.models.vit_decoder import ViTDecoder, ViTDecoderConfig

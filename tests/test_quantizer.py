@@ -71,23 +71,21 @@ def test_straight_through_and_loss_gradients():
     assert torch.count_nonzero(latents.grad) > 0
 
 
-def test_usage_statistics_count_codes_in_training_mode_only():
+def test_codebook_usage_of_the_quantizers_codes_and_no_usage_state_in_the_model():
+    from vfmtok.metrics.codebook import CodebookUsage
+
     q = _quantizer(3, size=16)
     latents = torch.randn(4, 8, 6)
-    q.eval()
-    q(latents)
-    assert q.usage()["total"] == 0
     q.train()
     codes = q(latents).codes
     counts = torch.bincount(codes.flatten(), minlength=16).double()
-    stats = q.usage()
-    assert stats["total"] == 32
-    assert stats["used_fraction"] == pytest.approx(float((counts > 0).sum()) / 16)
+    usage = CodebookUsage(16)
+    usage.update(codes)
+    assert usage.filled == 32 and int(usage.counts.sum()) == 32
+    assert usage.usage() == pytest.approx(float((counts > 0).sum()) / 16)
     probs = counts[counts > 0] / 32
-    assert stats["perplexity"] == pytest.approx(float(torch.exp(-(probs * probs.log()).sum())))
-    q.reset_usage()
-    assert q.usage()["total"] == 0
-    assert "code_counts" not in q.state_dict()
+    assert usage.perplexity() == pytest.approx(float(torch.exp(-(probs * probs.log()).sum())))
+    assert not [name for name, _ in q.named_buffers()] and set(q.state_dict()) == {"embedding.weight"}
 
 
 def test_lookup_refuses_out_of_range_codes():

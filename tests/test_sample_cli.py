@@ -17,7 +17,10 @@ from typer.testing import CliRunner
 
 import vfmtok
 import vfmtok.sampling
-from vfmtok import sample_job as sj
+from vfmtok.jobs.sample import checkpoints as sck
+from vfmtok.jobs.sample import job as sj
+from vfmtok.jobs.sample import options as sopt
+from vfmtok.jobs.sample import plan as splan
 from vfmtok.cli.main import app
 from vfmtok.imageops import to_uint8
 
@@ -28,8 +31,8 @@ COMMON = ["--image-size", "48", "--decode-batch", "4", "--cfg-scale", "2", "--no
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A tiny tokenizer run and a tiny GPT run (under ROOT/runs/ar) that records it."""
-    from vfmtok.models.gpt import save_gpt
-    from vfmtok.models.tokenizer import save_tokenizer
+    from vfmtok.models.gpt_io import save_gpt
+    from vfmtok.models.tokenizer_io import save_tokenizer
 
     root = tmp_path_factory.mktemp("sample")
     torch.manual_seed(0)
@@ -96,7 +99,7 @@ def test_cli_writes_pngs_grid_npz_and_config(models, first_run):
 
 
 def test_npz_pixels_equal_an_independent_generate_decode_convert(models, first_run):
-    from vfmtok.models.gpt import load_gpt
+    from vfmtok.models.gpt_io import load_gpt
 
     images, labels, _ = _npz(first_run[0] / "samples.npz")
     gpt = load_gpt(models / "runs" / "ar")
@@ -172,7 +175,7 @@ def test_resume_generates_only_missing_chunks(models, first_run, monkeypatch):
     (out / "parts").mkdir()
     np.save(out / "parts" / "chunk_000000.npy", images[:4])
     (out / "images" / "000001.png").unlink()  # a PNG lost from a done chunk is rewritten from its shard
-    opts = sj.SampleOptions(num_samples=7, classes=[3, 5, 7], cfg_scale=2.0, batch_size=3, decode_batch=4,
+    opts = sopt.SampleOptions(num_samples=7, classes=[3, 5, 7], cfg_scale=2.0, batch_size=3, decode_batch=4,
                             image_size=48, device="cpu", progress=False)
     seen = []
     real_generate = vfmtok.sampling.generate
@@ -191,27 +194,27 @@ def test_resume_generates_only_missing_chunks(models, first_run, monkeypatch):
 
 
 def test_label_rules():
-    np.testing.assert_array_equal(sj.make_labels(7, 10, classes=[4, 1]), [4, 1, 4, 1, 4, 1, 4])
-    np.testing.assert_array_equal(sj.make_labels(23, 10, mode="balanced"), np.arange(23) % 10)
-    rand = sj.make_labels(20000, 10, mode="random", seed=5)
+    np.testing.assert_array_equal(splan.make_labels(7, 10, classes=[4, 1]), [4, 1, 4, 1, 4, 1, 4])
+    np.testing.assert_array_equal(splan.make_labels(23, 10, mode="balanced"), np.arange(23) % 10)
+    rand = splan.make_labels(20000, 10, mode="random", seed=5)
     for i in (0, 1, 777, 19999):  # independent evaluation of the documented formula
         h = int.from_bytes(hashlib.blake2b(f"vfmtok-label:5:{i}".encode(), digest_size=8).digest(), "little")
         assert rand[i] == (h * 10) // 2**64
-    np.testing.assert_array_equal(sj.make_labels(50, 10, mode="random", seed=5), rand[:50])  # depends on (seed, i)
-    assert (sj.make_labels(50, 10, mode="random", seed=6) != rand[:50]).any()
+    np.testing.assert_array_equal(splan.make_labels(50, 10, mode="random", seed=5), rand[:50])  # depends on (seed, i)
+    assert (splan.make_labels(50, 10, mode="random", seed=6) != rand[:50]).any()
     counts = np.bincount(rand, minlength=10)
     assert counts.min() > 1800 and counts.max() < 2200  # 2000 expected, sd ~42
     assert rand.dtype == np.int64
     with pytest.raises(ValueError, match="--class 10 out of range"):
-        sj.make_labels(3, 10, classes=[0, 10])
+        splan.make_labels(3, 10, classes=[0, 10])
 
 
 def test_grid_rows_by_class_or_square():
-    assert sj.grid_rows(np.array([3, 5, 3, 5, 3])) == [[0, 2, 4], [1, 3]]
-    assert sj.grid_rows(np.arange(100) % 50) == [list(range(s, s + 8)) for s in range(0, 64, 8)]
-    assert sj.grid_rows(np.zeros(5, dtype=np.int64)) == [[0, 1, 2], [3, 4]]
+    assert splan.grid_rows(np.array([3, 5, 3, 5, 3])) == [[0, 2, 4], [1, 3]]
+    assert splan.grid_rows(np.arange(100) % 50) == [list(range(s, s + 8)) for s in range(0, 64, 8)]
+    assert splan.grid_rows(np.zeros(5, dtype=np.int64)) == [[0, 1, 2], [3, 4]]
     nine = np.arange(72) % 9  # the demo: 9 classes interleaved -> one row of 64 // 9 = 7 per class
-    assert sj.grid_rows(nine) == [[c + 9 * j for j in range(7)] for c in range(9)]
+    assert splan.grid_rows(nine) == [[c + 9 * j for j in range(7)] for c in range(9)]
 
 
 def test_latest_run_discovery_and_tokenizer_resolution(models, tmp_path):
@@ -221,10 +224,10 @@ def test_latest_run_discovery_and_tokenizer_resolution(models, tmp_path):
         os.utime(tmp_path / "runs" / name / "model.safetensors", (mtime, mtime))
     (tmp_path / "runs" / "other").mkdir()
     (tmp_path / "runs" / "other" / "model.safetensors").write_bytes(b"x")  # no vfmtok.gpt config.json
-    assert sj.find_latest_gpt_run(tmp_path / "runs") == tmp_path / "runs" / "b" / "deep"
+    assert sck.find_latest_gpt_run(tmp_path / "runs") == tmp_path / "runs" / "b" / "deep"
     with pytest.raises(FileNotFoundError, match="no GPT run found"):
-        sj.find_latest_gpt_run(tmp_path / "empty")
-    ck = sj.resolve_checkpoints(None, None, tmp_path / "runs")
+        sck.find_latest_gpt_run(tmp_path / "empty")
+    ck = sck.resolve_checkpoints(None, None, tmp_path / "runs")
     assert ck.chosen_automatically and ck.tokenizer == models / "tok"
     bare = tmp_path / "bare"
     shutil.copytree(src, bare)
@@ -232,14 +235,14 @@ def test_latest_run_discovery_and_tokenizer_resolution(models, tmp_path):
     del cfg["tokenizer"]
     (bare / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(FileNotFoundError, match="no tokenizer recorded"):
-        sj.resolve_checkpoints(bare, None)
-    assert sj.resolve_checkpoints(bare, models / "tok").tokenizer_file == models / "tok" / "tokenizer.safetensors"
+        sck.resolve_checkpoints(bare, None)
+    assert sck.resolve_checkpoints(bare, models / "tok").tokenizer_file == models / "tok" / "tokenizer.safetensors"
     (tmp_path / "store").mkdir()  # no "tokenizer" entry: the token store manifest names it
     (tmp_path / "store" / "manifest.json").write_text(json.dumps({"tokenizer": {"path": str(models / "tok")}}))
     (bare / "config.json").write_text(json.dumps({**cfg, "token_store": "../store"}))
-    assert sj.resolve_checkpoints(bare, None).tokenizer == models / "tok"
+    assert sck.resolve_checkpoints(bare, None).tokenizer == models / "tok"
     with pytest.raises(FileNotFoundError, match="--tokenizer vfmtok-tokenizer.pt"):
-        sj.resolve_checkpoints(_fake_official(tmp_path), None)
+        sck.resolve_checkpoints(_fake_official(tmp_path), None)
 
 
 def _fake_official(tmp_path: Path) -> Path:
@@ -249,7 +252,7 @@ def _fake_official(tmp_path: Path) -> Path:
 
 
 def test_mismatched_gpt_and_tokenizer_are_refused(models, tmp_path):
-    from vfmtok.models.gpt import save_gpt
+    from vfmtok.models.gpt_io import save_gpt
 
     tok_cfg = vfmtok.load_tokenizer(models / "tok", encoder_weights="random").config
     for name, kwargs, match in (("vocab", {"vocab_size": 512, "grid_size": tok_cfg.token_grid}, "vocabulary 512"),
@@ -272,8 +275,8 @@ def test_tokenizer_sha_check_accepts_file_sha_or_the_token_store_fingerprint(tmp
     store.mkdir()
     (store / "manifest.json").write_text(json.dumps({"tokenizer": {"file_sha256": "f" * 64, "weights_sha256": "w" * 64}}))
     src = Path("tok")
-    assert sj.verify_tokenizer_sha(None, "f" * 64, src) is None
-    assert sj.verify_tokenizer_sha({"tokenizer_sha256": "f" * 64}, "f" * 64, src) is True
-    assert sj.verify_tokenizer_sha({"tokenizer_sha256": "w" * 64, "token_store": str(store)}, "f" * 64, src) is True
+    assert sck.verify_tokenizer_sha(None, "f" * 64, src) is None
+    assert sck.verify_tokenizer_sha({"tokenizer_sha256": "f" * 64}, "f" * 64, src) is True
+    assert sck.verify_tokenizer_sha({"tokenizer_sha256": "w" * 64, "token_store": str(store)}, "f" * 64, src) is True
     with pytest.raises(ValueError, match="not the one this GPT was trained with"):  # fingerprint of another file
-        sj.verify_tokenizer_sha({"tokenizer_sha256": "w" * 64, "token_store": str(store)}, "e" * 64, src)
+        sck.verify_tokenizer_sha({"tokenizer_sha256": "w" * 64, "token_store": str(store)}, "e" * 64, src)

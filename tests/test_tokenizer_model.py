@@ -10,9 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vfmtok.configs import config_from_dict, config_to_dict, tokenizer_preset
-from vfmtok.models.tokenizer import (TokenizerConfig, VFMTokenizer, create_tokenizer, load_tokenizer,
-                                     save_tokenizer)
+from vfmtok.configs import config_from_dict, config_to_dict
+from vfmtok.models.tokenizer_config import tokenizer_preset
+from vfmtok.models.tokenizer_config import TokenizerConfig
+from vfmtok.models.tokenizer import VFMTokenizer
+from vfmtok.models.tokenizer_io import create_tokenizer, load_tokenizer, save_tokenizer
 from vfmtok.models.vfm import antialiased_bicubic_resize
 
 

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from vfmtok.convert import split_official_tokenizer_state, strict_load
-from vfmtok.models.tokenizer import create_tokenizer, load_tokenizer
+from vfmtok.io.official import split_official_tokenizer_state
+from vfmtok.io.state import strict_load
+from vfmtok.models.tokenizer_io import create_tokenizer, load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from vfmtok.imageops import resize_bicubic, to_uint8
-from vfmtok.models.tokenizer import TokenizerConfig, load_tokenizer
+from vfmtok.models.tokenizer_config import TokenizerConfig
+from vfmtok.models.tokenizer_io import load_tokenizer
 
 ATOL = 1e-4
 
@@ -138,7 +139,7 @@ def test_non_336_inputs_are_resized_like_the_official_encoder(parity, size):
 
 def test_official_checkpoint_picks_ema_not_the_decoy_model(parity, fixtures_dir):
     tok, _, _, _ = parity
-    from vfmtok.checkpoint_io import load_official_pt
+    from vfmtok.io.weights import load_official_pt
 
     ckpt = load_official_pt(fixtures_dir / "tok_tiny" / "tokenizer_checkpoint.pt")
     ours = tok.state_dict()

@@ -16,13 +16,17 @@ from typer.testing import CliRunner
 
 import vfmtok
 from vfmtok.cli.main import app
-from vfmtok.data import token_store as ts
+from vfmtok.data.token_store import format as tsf
+from vfmtok.data.token_store import reader as tsr
+from vfmtok.data.token_store import writer as tsw
+from vfmtok.data.token_store.reader import TokenStoreError
 from vfmtok.engine.checkpoint import latest_checkpoint, read_checkpoint
-from vfmtok.engine.metrics import read_metrics
-from vfmtok.engine.train_ar import (
-    TIME_DEPENDENT_KEYS, ARTokens, TokenStoreError, TrainARConfig, split_indices, train_ar,
+from vfmtok.engine.metrics_log import read_metrics
+from vfmtok.jobs.train_ar import (
+    TIME_DEPENDENT_KEYS, TrainARConfig, split_indices, train_ar,
 )
-from vfmtok.models.gpt import GPT, create_gpt, save_gpt
+from vfmtok.models.gpt import GPT
+from vfmtok.models.gpt_io import create_gpt, save_gpt
 
 sys.path.insert(0, str(Path(__file__).parent))
 from torchrun_util import torchrun  # noqa: E402
@@ -32,15 +36,15 @@ GRID, VOCAB, CLASSES, N = 4, 16, 4, 32
 
 def make_store(out: Path, n: int = N, views: int = 2) -> Path:
     """n images x `views` sequences of 16 tokens; view v of an image of class c: (3c + (c+1) l + 5v) mod 16."""
-    ts.create_store(out, ts.StoreLayout(n, views, GRID * GRID, VOCAB), {
+    tsw.create_store(out, tsf.StoreLayout(n, views, GRID * GRID, VOCAB), {
         "num_classes": CLASSES, "grid_size": GRID, "classes": [f"c{i}" for i in range(CLASSES)],
         "tokenizer": {"path": str(out.parent / "tok"), "file_sha256": "ab" * 32, "weights_sha256": "cd" * 32}})
     labels = np.arange(n) % CLASSES
     pos = np.arange(GRID * GRID)
     codes = np.stack([[(3 * c + (c + 1) * pos + 5 * v) % VOCAB for v in range(views)] for c in labels])
-    with ts.StoreWriter(out) as writer:
+    with tsw.StoreWriter(out) as writer:
         writer.write(np.arange(n), codes, labels)
-    ts.finalize_store(out)
+    tsw.finalize_store(out)
     return out
 
 
@@ -111,7 +115,7 @@ def test_two_process_ddp_sees_disjoint_data_and_matches_one_process(tmp_path):
         torch.set_num_threads(1)
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_train_ar import cfg_for
-        from vfmtok.engine.train_ar import train_ar
+        from vfmtok.jobs.train_ar import train_ar
         from pathlib import Path
         seen = []
         cfg = cfg_for(Path(sys.argv[1]), None, steps=4, class_dropout=0.0, dropout=0.0, ema_decay=0.0)
@@ -189,7 +193,7 @@ def test_bad_labels_codes_sizes_and_empty_store_are_refused_before_training(tmp_
     np.save(empty / "codes.npy", np.zeros((0, 1, 16), np.uint16))
     np.save(empty / "labels.npy", np.zeros((0,), np.int64))
     (empty / "manifest.json").write_text(json.dumps({
-        "format": ts.FORMAT, "format_version": ts.FORMAT_VERSION, "complete": True, "num_images": 0,
+        "format": tsf.FORMAT, "format_version": tsf.FORMAT_VERSION, "complete": True, "num_images": 0,
         "num_augmentations": 1, "num_tokens": 16, "codebook_size": VOCAB, "num_classes": CLASSES, "grid_size": 4}))
     _expect_refusal(tmp_path, empty, "the token store is empty")
     with pytest.raises(TokenStoreError, match="fewer than one global batch"):
@@ -232,8 +236,8 @@ def test_training_items_use_the_token_readers_view_choice(tmp_path):
     train, val = split_indices(N, 5)
     assert len(set(train) | set(val)) == N and not set(train) & set(val)
     assert np.array_equal(split_indices(N, 5)[1], val)
-    items = ARTokens(store, train, seed=11, num_augmentations=3)
-    reader = ts.TokenDataset(store, seed=11)
+    items = tsr.TokenDataset(store, seed=11, indices=train, return_index=True)
+    reader = tsr.TokenDataset(store, seed=11)
     for epoch in (0, 4):
         reader.set_epoch(epoch)
         batch = items.__getitems__([(i, epoch, i) for i in range(len(train))])

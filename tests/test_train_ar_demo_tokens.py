@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 import vfmtok
 from vfmtok.cli.main import app
-from vfmtok.engine.metrics import read_metrics
+from vfmtok.engine.metrics_log import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,7 +73,7 @@ def test_gpt_tiny_memorises_the_tokens_of_the_demo_photos(tmp_path):
     72 sequences 0.0462; teacher-forced argmax accuracy 0.979 (oracle 0.982); greedy samples are training
     sequences of their class, code for code, for 9 of 9 classes.
     """
-    from vfmtok.models.tokenizer import save_tokenizer
+    from vfmtok.models.tokenizer_io import save_tokenizer
 
     _cli("demo-data", str(tmp_path / "demo"), "--train-per-class", str(PER_CLASS), "--val-per-class", "1",
          "--size", "64")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from vfmtok.cli.main import app
 from vfmtok.engine.checkpoint import read_checkpoint
-from vfmtok.engine.metrics import read_metrics
+from vfmtok.engine.metrics_log import read_metrics
 from vfmtok.engine.trainer import TIME_KEYS
 
 SMALL = ["--preset", "tiny", "--set", "image_size=56", "--set", "pixel_ch_mult=[1,1,2,2]"]
@@ -119,16 +119,17 @@ def test_tiny_tokenizer_learns_to_reconstruct_real_photos(tmp_path):
     import shutil
 
     import vfmtok
-    from vfmtok.data.crops import adm_center_crop, to_tensor_m11
+    from vfmtok.data.crops import adm_center_crop
+    from vfmtok.imageops import from_uint8
     from vfmtok.data.demo import DemoSettings, build_demo_data
-    from vfmtok.engine.data import open_image_dataset
+    from vfmtok.engine.loader import open_image_dataset
 
     full = tmp_path / "full"
     build_demo_data(full, DemoSettings(train_per_class=1, val_per_class=1, size=64))
     data = tmp_path / "four"
     for wnid in sorted(p.name for p in (full / "train").iterdir())[:4]:
         shutil.copytree(full / "train" / wnid, data / "train" / wnid)
-    images = torch.stack([to_tensor_m11(adm_center_crop(img, 56)) for img, _ in open_image_dataset(data)])
+    images = torch.stack([from_uint8(torch.from_numpy(adm_center_crop(img, 56))) for img, _ in open_image_dataset(data)])
 
     def psnr(tok):
         tok.eval()

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from vfmtok.engine.checkpoint import read_checkpoint
-from vfmtok.engine.metrics import read_metrics
+from vfmtok.engine.metrics_log import read_metrics
 
 sys.path.insert(0, str(os.path.dirname(__file__)))
 from torchrun_util import torchrun  # noqa: E402
@@ -95,7 +95,7 @@ def test_two_process_ranks_end_with_identical_weights(ddp_run):
 
 @pytest.mark.dist
 def test_two_process_ranks_see_disjoint_samples_each_epoch(ddp_run, photos):
-    from vfmtok.engine.data import open_image_dataset
+    from vfmtok.engine.loader import open_image_dataset
 
     dataset = open_image_dataset(photos)
     n = len(dataset)

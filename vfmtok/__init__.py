@@ -10,10 +10,10 @@ __version__ = "0.1.0.dev0"
 
 _LAZY = {
     # name -> (module, attribute); filled in as the components land.
-    "create_tokenizer": ("vfmtok.models.tokenizer", "create_tokenizer"),
-    "load_tokenizer": ("vfmtok.models.tokenizer", "load_tokenizer"),
-    "create_gpt": ("vfmtok.models.gpt", "create_gpt"),
-    "load_gpt": ("vfmtok.models.gpt", "load_gpt"),
+    "create_tokenizer": ("vfmtok.models.tokenizer_io", "create_tokenizer"),
+    "load_tokenizer": ("vfmtok.models.tokenizer_io", "load_tokenizer"),
+    "create_gpt": ("vfmtok.models.gpt_io", "create_gpt"),
+    "load_gpt": ("vfmtok.models.gpt_io", "load_gpt"),
     "generate": ("vfmtok.sampling", "generate"),
 }
 

@@ -1,14 +1,12 @@
-"""Dataclass configs and the preset registries (DiT/timm style: name -> config factory).
+"""Dataclass configs <-> JSON dicts, for the configs serialised next to every artifact (no argparse objects).
 
-Tokenizer presets: "vfmtok-l" (the paper's configuration), "tiny" (tests, demo).
-GPT presets: "GPT-B", "GPT-L", "GPT-XL", "GPT-XXL", "GPT-2B", "GPT-3B" (official LlamaGen shapes), "GPT-tiny".
-
-Configs serialise to JSON (`to_dict` / `from_dict`) next to every artifact; no argparse objects.
+The preset registries live beside their configs: `vfmtok.models.tokenizer_config.TOKENIZER_PRESETS`
+("vfmtok-l", "tiny") and `vfmtok.models.gpt_config.GPT_PRESETS` ("GPT-B" ... "GPT-3B", "GPT-tiny").
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -35,33 +33,12 @@ def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**kwargs)  # type: ignore[call-arg]
 
 
-def _lookup(registry: dict[str, Callable[[], T]], name: str, kind: str) -> T:
+def preset_lookup(registry: dict[str, Any], name: str, kind: str) -> Any:
+    """Call the factory `registry[name]` (DiT/timm-style name -> config factory).
+
+    Raises:
+        KeyError: `name` is not registered (lists the presets of this `kind`).
+    """
     if name not in registry:
         raise KeyError(f"unknown {kind} preset {name!r}; available: {', '.join(sorted(registry))}")
     return registry[name]()
-
-
-# ---------------------------------------------------------------------------------------------
-# Tokenizer configs (owned by vfmtok/models/tokenizer.py; registered here)
-# ---------------------------------------------------------------------------------------------
-TOKENIZER_PRESETS: dict[str, Callable[[], Any]] = {}
-
-
-def tokenizer_preset(name: str) -> Any:
-    """The `TokenizerConfig` of preset `name` (raises KeyError listing the presets)."""
-    import vfmtok.models.tokenizer  # noqa: F401  (registers presets)
-
-    return _lookup(TOKENIZER_PRESETS, name, "tokenizer")
-
-
-# ---------------------------------------------------------------------------------------------
-# GPT configs (owned by vfmtok/models/gpt.py; registered here)
-# ---------------------------------------------------------------------------------------------
-GPT_PRESETS: dict[str, Callable[[], Any]] = {}
-
-
-def gpt_preset(name: str) -> Any:
-    """The `GPTConfig` of preset `name` (raises KeyError listing the presets)."""
-    import vfmtok.models.gpt  # noqa: F401  (registers presets)
-
-    return _lookup(GPT_PRESETS, name, "GPT")

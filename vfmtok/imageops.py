@@ -84,6 +84,15 @@ def to_uint8(images, size=None):
     return rearrange(pixels, "b c h w -> b h w c").contiguous()
 
 
+def uint8_to_unit(pixels: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1], elementwise, any shape and layout: v = (u / 255 - 0.5) / 0.5.
+
+    The official data pipeline's normalisation (torchvision ToTensor then Normalize(0.5, 0.5)); bit-identical to
+    `u / 127.5 - 1` for all 256 values.
+    """
+    return pixels.float().div(255.0).sub(0.5).div(0.5)
+
+
 @overload
 def from_uint8(pixels: Tensor) -> Tensor: ...
 @overload
@@ -112,5 +121,5 @@ def from_uint8(pixels):
         raise ValueError(
             f"from_uint8: expected uint8 (B, H, W, 3) or (H, W, 3), got {pixels.dtype} {tuple(pixels.shape)}"
         )
-    images = (pixels.float() / 255.0 - 0.5) / 0.5
+    images = uint8_to_unit(pixels)
     return rearrange(images, "... h w c -> ... c h w").contiguous()

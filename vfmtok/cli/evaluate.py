@@ -58,7 +58,7 @@ def command(
         return
     if samples is None or ref is None:
         fail("usage: vfmtok evaluate SAMPLES.npz --ref REF.npz, or vfmtok evaluate --tokenizer RUN --data DATA")
-    from vfmtok.metrics.evaluate import EvaluationInputError, evaluate_samples, format_adm_lines
+    from vfmtok.jobs.evaluate import EvaluationInputError, evaluate_samples, format_adm_lines
     from vfmtok.metrics.reference import validate_image_npz
     from vfmtok.metrics.weights import InceptionWeightsError, InceptionWeightsNotFound
 
@@ -96,7 +96,7 @@ def _tokenizer_mode(tokenizer: Path, data: Path, inception_weights: Optional[Pat
                     batch_size: int, limit: Optional[int], device: str, is_shuffle_seed: Optional[int],
                     fid_method: str, encoder_weights: Optional[Path] = None, progress: bool = True) -> None:
     """`--tokenizer RUN --data DATA`: rFID, rIS, PSNR, SSIM, codebook usage (see docs/evaluate.md)."""
-    from vfmtok.metrics.tokenizer_eval import evaluate_tokenizer
+    from vfmtok.jobs.evaluate_tokenizer import evaluate_tokenizer
     from vfmtok.metrics.weights import InceptionWeightsError, InceptionWeightsNotFound
 
     try:

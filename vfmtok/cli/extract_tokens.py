@@ -1,4 +1,4 @@
-"""`vfmtok extract-tokens DATA OUT --tokenizer RUN`: thin CLI over :func:`vfmtok.extract.extract_tokens`."""
+"""`vfmtok extract-tokens DATA OUT --tokenizer RUN`: thin CLI over :func:`vfmtok.jobs.extract.extract_tokens`."""
 from __future__ import annotations
 
 import shlex
@@ -25,7 +25,7 @@ class Split(str, Enum):
 
 def _tokenizer_info(path: Path, encoder_weights: Optional[Path]) -> dict:
     """Provenance of the tokenizer file(s): absolute path and sha256 of the weights file."""
-    from vfmtok.data.token_store import sha256_file
+    from vfmtok.io.hashing import sha256_file
 
     weights = path / "tokenizer.safetensors" if path.is_dir() else path
     info = {"path": str(path.resolve()), "file": str(weights.resolve()), "file_sha256": sha256_file(weights)}
@@ -74,7 +74,7 @@ def command(
     --overwrite. The store feeds `vfmtok train-ar --tokens OUT`. Extraction is deterministic, so --seed
     has no effect. See docs/token_store.md.
     """
-    from vfmtok.extract import ExtractOptions, StoreMismatchError, extract_tokens, open_image_source
+    from vfmtok.jobs.extract import ExtractOptions, StoreMismatchError, extract_tokens, open_image_source
 
     if not tokenizer.exists():
         fail(f"--tokenizer {tokenizer}: not found (a run directory, .safetensors file, or vfmtok-tokenizer.pt)")

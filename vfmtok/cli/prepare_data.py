@@ -1,4 +1,4 @@
-"""`vfmtok prepare-data SRC OUT`: thin CLI over :func:`vfmtok.data.prepare.prepare_dataset`."""
+"""`vfmtok prepare-data SRC OUT`: thin CLI over :func:`vfmtok.jobs.prepare.prepare_dataset`."""
 from __future__ import annotations
 
 import sys
@@ -82,7 +82,7 @@ def command(
     See docs/data.md.
     """
     from vfmtok.data.layouts import LayoutError
-    from vfmtok.data.prepare import NpzRequest, PrepareError, PrepareSettings, prepare_dataset
+    from vfmtok.jobs.prepare import NpzRequest, PrepareError, PrepareSettings, prepare_dataset
 
     if npz is None and (npz_count is not None or shuffle_seed is not None):
         fail("--npz-count/--shuffle-seed need --npz FILE")

@@ -110,7 +110,9 @@ def command(
     bytes. Rerunning the same command resumes an interrupted DIR.
     Formulas and details: docs/sample.md.
     """
-    from vfmtok.sample_job import SampleDirError, SampleOptions, run_sample
+    from vfmtok.jobs.sample.job import run_sample
+    from vfmtok.jobs.sample.options import SampleOptions
+    from vfmtok.jobs.sample.output import SampleDirError
 
     try:
         class_ids = parse_classes(classes)

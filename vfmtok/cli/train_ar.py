@@ -1,4 +1,4 @@
-"""`vfmtok train-ar --tokens STORE --out RUN`: thin CLI over :func:`vfmtok.engine.train_ar.train_ar`."""
+"""`vfmtok train-ar --tokens STORE --out RUN`: thin CLI over :func:`vfmtok.jobs.train_ar.train_ar`."""
 from __future__ import annotations
 
 import shlex
@@ -87,7 +87,7 @@ def command(
     provenance), RUN/checkpoints/ and RUN/metrics.jsonl. Multi-GPU / multi-node: launch with torchrun or
     accelerate launch (DDP; add --fsdp to shard GPT-XXL and larger).
     """
-    from vfmtok.engine.train_ar import TokenStoreError, TrainARConfig, train_ar
+    from vfmtok.jobs.train_ar import TokenStoreError, TrainARConfig, train_ar
     from vfmtok.engine.trainer import NonFiniteLossError
 
     cfg = TrainARConfig(

@@ -1,4 +1,4 @@
-"""`vfmtok train-tokenizer`: thin CLI over `vfmtok.engine.train_tokenizer`."""
+"""`vfmtok train-tokenizer`: thin CLI over `vfmtok.jobs.train_tokenizer`."""
 from __future__ import annotations
 
 import json
@@ -83,7 +83,7 @@ def command(
     Writes OUT/tokenizer.safetensors (EMA weights), OUT/config.json, OUT/checkpoints/, OUT/metrics.jsonl and
     OUT/grids/*.png. Example: vfmtok train-tokenizer demo_data --out runs/tok --preset tiny --steps 500
     """
-    from vfmtok.engine.train_tokenizer import TokenizerTrainConfig, train_tokenizer
+    from vfmtok.jobs.train_tokenizer import TokenizerTrainConfig, train_tokenizer
     from vfmtok.engine.trainer import NonFiniteLossError
     from vfmtok.losses import TokenizerLossConfig
 

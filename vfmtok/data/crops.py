@@ -27,7 +27,7 @@ from PIL import Image
 if TYPE_CHECKING:  # torch is imported lazily so that prepare-data does not pay for it
     import torch
 
-__all__ = ["adm_box_halve", "adm_center_crop", "adm_random_crop", "ten_crop", "to_tensor_m11", "AdmRandomCrop",
+__all__ = ["adm_box_halve", "adm_center_crop", "adm_random_crop", "ten_crop", "AdmRandomCrop",
            "AdmCenterCrop"]
 
 
@@ -135,14 +135,6 @@ def ten_crop(arr: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.stack(crops))
 
 
-def to_tensor_m11(arr: np.ndarray) -> "torch.Tensor":
-    """uint8 (H, W, 3) -> float32 tensor (3, H, W) in [-1, 1] via ``x / 127.5 - 1`` (VFMTok/LlamaGen scaling)."""
-    if arr.dtype != np.uint8 or arr.ndim != 3:
-        raise ValueError(f"to_tensor_m11: expected uint8 (H, W, 3), got {arr.dtype} {arr.shape}")
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float().div_(127.5).sub_(1.0)
-
 
 class AdmRandomCrop:
     """Training transform: ADM random crop + horizontal flip (p = ``flip_p``) -> float (3, size, size) in [-1, 1].
@@ -162,11 +154,13 @@ class AdmRandomCrop:
     def __call__(self, image: Image.Image) -> "torch.Tensor":
         import torch
 
+        from vfmtok.imageops import from_uint8
+
         rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
         arr = adm_random_crop(image, self.size, rng, self.min_crop_frac, self.max_crop_frac)
         if rng.random() < self.flip_p:
             arr = arr[:, ::-1]
-        return to_tensor_m11(arr)
+        return from_uint8(torch.from_numpy(np.ascontiguousarray(arr)))
 
 
 class AdmCenterCrop:
@@ -176,4 +170,8 @@ class AdmCenterCrop:
         self.size = size
 
     def __call__(self, image: Image.Image) -> "torch.Tensor":
-        return to_tensor_m11(adm_center_crop(image, self.size))
+        import torch
+
+        from vfmtok.imageops import from_uint8
+
+        return from_uint8(torch.from_numpy(adm_center_crop(image, self.size)))

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from vfmtok.data.decode import DecodeError, decode_image
 from vfmtok.data.layouts import discover, load_classes
-from vfmtok.data.prepare import FORMAT_VERSION
+from vfmtok.data.shards import PREPARED_FORMAT, PREPARED_FORMAT_VERSION
 
 __all__ = ["PreparedDataset", "PreparedStream", "ImageFolderDataset", "partition", "read_manifest"]
 
@@ -55,9 +55,9 @@ def read_manifest(root: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{root} is not a prepared dataset (no manifest.json); run `vfmtok prepare-data`")
     manifest = json.loads(path.read_text())
-    if manifest.get("format") != "vfmtok-prepared-data" or manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format") != PREPARED_FORMAT or manifest.get("format_version") != PREPARED_FORMAT_VERSION:
         raise ValueError(f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')} is not "
-                         f"vfmtok-prepared-data v{FORMAT_VERSION}")
+                         f"{PREPARED_FORMAT} v{PREPARED_FORMAT_VERSION}")
     if manifest.get("status") != "complete":
         raise ValueError(f"{path}: preparation did not finish (status {manifest.get('status')!r}); rerun the "
                          f"same prepare-data command to resume it")

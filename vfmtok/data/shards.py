@@ -15,14 +15,13 @@ or does not exist.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ShardSample", "write_shard", "read_shard_index", "shard_name", "file_sha256"]
+__all__ = ["PREPARED_FORMAT", "PREPARED_FORMAT_VERSION", "ShardSample", "write_shard", "read_shard_index", "shard_name"]
 
 
 @dataclass
@@ -41,6 +40,8 @@ def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
 
 
+PREPARED_FORMAT = "vfmtok-prepared-data"  # manifest.json `format` of a prepared dataset folder
+PREPARED_FORMAT_VERSION = 1
 _BLOCK = 512
 _RECORD = 20 * _BLOCK  # tar record size: archives are padded to a multiple of it (as tarfile does)
 
@@ -129,12 +130,3 @@ def read_shard_index(path: str | os.PathLike) -> list[tuple[str, str, int, int, 
     if missing:
         raise ValueError(f"{path}: images without .cls label: {missing[:5]}")
     return [(k, images[k][0], images[k][1], images[k][2], labels[k]) for k in order]
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file (read in 1 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

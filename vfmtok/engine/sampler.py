@@ -5,7 +5,7 @@ Epoch `e` uses the permutation `numpy.random.default_rng([seed, e]).permutation(
 dropped); rank `r` of `W` gets the `r`-th contiguous `global_batch / W` slice of every global batch. So, within an
 epoch, ranks see disjoint samples, and the set of samples of optimizer step `s` is independent of the world size
 and of the gradient-accumulation split. Each item is `(index, epoch, position)`: the augmentation of a sample
-depends only on `(seed, epoch, position)` (see `vfmtok.engine.data.AugmentedImages`), never on workers or
+depends only on `(seed, epoch, position)` (see `vfmtok.engine.loader.AugmentedImages`), never on workers or
 resumption. Resuming mid-epoch is `set_epoch(epoch, start_step)`.
 """
 from __future__ import annotations

@@ -37,13 +37,14 @@ from tqdm.auto import tqdm
 from vfmtok.engine.checkpoint import (
     capture_rng, latest_checkpoint, read_checkpoint, read_sharded, restore_rng, write_checkpoint,
 )
-from vfmtok.engine.data import make_loader
+from vfmtok.engine.loader import make_loader
 from vfmtok.engine.ema import EMA
 from vfmtok.engine.fsdp import (
     full_tensor, is_dtensor, is_fsdp, load_sharded_model_state, sharded_model_state,
 )
-from vfmtok.engine.metrics import MetricsLogger
+from vfmtok.engine.metrics_log import MetricsLogger
 from vfmtok.engine.sampler import RankDisjointSampler
+from vfmtok.io.state import strict_load
 
 log = logging.getLogger(__name__)
 
@@ -298,11 +299,7 @@ class Trainer:
                 continue
             module = self.unwrap(name)
             frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
-            missing, unexpected = module.load_state_dict(state["models"][name], strict=False)
-            bad_missing = sorted(set(missing) - frozen)
-            if bad_missing or unexpected:
-                raise ValueError(f"{path}: model {name!r} state mismatch: missing {bad_missing[:5]}, "
-                                 f"unexpected {list(unexpected)[:5]}")
+            strict_load(module, state["models"][name], str(path), what=f"model {name!r}", allowed_missing=frozen)
         for name, opt in self.optimizers.items():
             if name not in self.fsdp_models:
                 opt.load_state_dict(state["optimizers"][name])

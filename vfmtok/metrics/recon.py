@@ -1,4 +1,4 @@
-"""Reconstruction metrics for tokenizers: PSNR, SSIM, codebook usage.
+"""Reconstruction metrics for tokenizers: PSNR and SSIM (codebook usage: `vfmtok.metrics.codebook`).
 
 Conventions (``shared/reference/evaluation.md`` section 1.8): images compared as float RGB in [0, 1]
 (uint8 / 255). PSNR and SSIM use ``data_range = 1``. The official LlamaGen/VFMTok validation scripts call
@@ -12,12 +12,11 @@ the valid (un-padded) region, then over channels.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CodebookUsage", "psnr", "ssim"]
+__all__ = ["psnr", "ssim"]
 
 _WIN = 7
 
@@ -72,43 +71,3 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     smap = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return smap.mean(dim=(2, 3)).mean(dim=1)
-
-
-class CodebookUsage:
-    """Counts code occurrences over a whole evaluation pass.
-
-    Args:
-        codebook_size: number of codes K.
-
-    Attributes:
-        counts: int64 (K,) occurrences.
-    """
-
-    def __init__(self, codebook_size: int):
-        if codebook_size < 1:
-            raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
-        self.codebook_size = codebook_size
-        self.counts = torch.zeros(codebook_size, dtype=torch.int64)
-
-    def update(self, codes: torch.Tensor) -> None:
-        """Add a batch of integer codes (any shape, values in [0, K)).
-
-        Raises:
-            ValueError: a code outside [0, K).
-        """
-        flat = codes.detach().reshape(-1).to("cpu", torch.int64)
-        if flat.numel() and (flat.min() < 0 or flat.max() >= self.codebook_size):
-            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got [{int(flat.min())}, {int(flat.max())}]")
-        self.counts += torch.bincount(flat, minlength=self.codebook_size)
-
-    def usage(self) -> float:
-        """Fraction of codes used at least once (0..1)."""
-        return float((self.counts > 0).sum()) / self.codebook_size
-
-    def perplexity(self) -> float:
-        """exp(entropy) of the code distribution in nats (1..K); 0.0 before any update."""
-        total = int(self.counts.sum())
-        if total == 0:
-            return 0.0
-        p = self.counts[self.counts > 0].double() / total
-        return float(math.exp(-(p * p.log()).sum()))

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from vfmtok.hashing import sha256_file
+from vfmtok.io.hashing import sha256_file
 
 __all__ = [
     "ENV_VAR",

@@ -10,8 +10,8 @@ Sequence convention: position 0 holds the class embedding, positions 1..L-1 the 
 0..L-2; the output at position i predicts image token i (L = grid_size**2 = 256 for VFMTok).
 
 Layout: `vfmtok.models.gpt_config` (GPTConfig, presets), `vfmtok.models.gpt_layers` (RoPE and blocks), this
-module (the `GPT` model with its KV cache), `vfmtok.models.gpt_io` (create / save / load, the authors' `.pt`).
-Every public name of those modules is re-exported here.
+module (the `GPT` model with its KV cache), `vfmtok.models.gpt_io` (create / save / load, the authors' `.pt`;
+it imports this module, never the other way round).
 """
 from __future__ import annotations
 
@@ -22,18 +22,10 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from vfmtok.models.gpt_config import PRESET_SHAPES, GPTConfig
-from vfmtok.models.gpt_io import (CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, create_gpt,
-                                  infer_official_config, load_gpt, load_state_strict, save_gpt)
-from vfmtok.models.gpt_layers import (Attention, FeedForward, LabelEmbedder, RMSNorm, TransformerBlock, apply_rope,
-                                      rope_table_2d)
+from vfmtok.models.gpt_config import GPTConfig
+from vfmtok.models.gpt_layers import LabelEmbedder, RMSNorm, TransformerBlock, rope_table_2d
 
-__all__ = [
-    "CONFIG_FILE", "FORMAT_NAME", "FORMAT_VERSION", "PRESET_SHAPES", "WEIGHTS_FILE",
-    "Attention", "FeedForward", "GPT", "GPTConfig", "LabelEmbedder", "RMSNorm", "TransformerBlock",
-    "apply_rope", "create_gpt", "infer_official_config", "load_gpt", "load_state_strict", "rope_table_2d",
-    "save_gpt",
-]
+__all__ = ["GPT"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,13 +1,13 @@
 """`GPTConfig` and the LlamaGen size presets ("GPT-B" ... "GPT-3B", "GPT-tiny") of the class-conditional GPT.
 
-Importing this module registers the presets in `vfmtok.configs.GPT_PRESETS`. The model itself is in
-`vfmtok.models.gpt`; every name here is also importable from there.
+`GPT_PRESETS` maps each preset name to a config factory. The model itself is in `vfmtok.models.gpt`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
-from vfmtok.configs import GPT_PRESETS
+from vfmtok.configs import preset_lookup
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,5 +93,15 @@ PRESET_SHAPES: dict[str, tuple[int, int, int]] = {
     "GPT-3B": (3200, 24, 32),
     "GPT-tiny": (64, 2, 4),
 }
-for _name, (_dim, _layers, _heads) in PRESET_SHAPES.items():
-    GPT_PRESETS[_name] = _preset(_dim, _layers, _heads)
+GPT_PRESETS: dict[str, Callable[[], GPTConfig]] = {
+    name: _preset(dim, n_layer, n_head) for name, (dim, n_layer, n_head) in PRESET_SHAPES.items()
+}
+
+
+def gpt_preset(name: str) -> GPTConfig:
+    """The `GPTConfig` of preset `name`.
+
+    Raises:
+        KeyError: unknown preset (lists the presets).
+    """
+    return preset_lookup(GPT_PRESETS, name, "GPT")

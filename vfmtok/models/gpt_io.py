@@ -2,9 +2,9 @@
 
 Our format: a directory with `model.safetensors` (fp32 weights, the config also in its metadata) and
 `config.json` ({"format": "vfmtok.gpt", "format_version": 1, "gpt_config": {...}}). The authors' checkpoints
-are read with `torch.load(weights_only=True)` (`vfmtok.checkpoint_io`), their config inferred from tensor
+are read with `torch.load(weights_only=True)` (`vfmtok.io.weights`), their config inferred from tensor
 shapes, `args` and the file name, and loaded strictly (shared/reference/checkpoints/README.md 3.5).
-Every name here is also importable from `vfmtok.models.gpt`.
+This module imports `vfmtok.models.gpt`, never the other way round.
 """
 from __future__ import annotations
 
@@ -12,17 +12,16 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from vfmtok.checkpoint_io import save_safetensors
-from vfmtok.configs import GPT_PRESETS, config_from_dict, config_to_dict
-from vfmtok.models.gpt_config import PRESET_SHAPES, GPTConfig
+from vfmtok.configs import config_from_dict, config_to_dict
+from vfmtok.io.state import floats_to_float32, strict_load
+from vfmtok.io.weights import load_official_pt, pick_state_dict, save_safetensors
+from vfmtok.models.gpt import GPT
+from vfmtok.models.gpt_config import GPT_PRESETS, PRESET_SHAPES, GPTConfig
 
-if TYPE_CHECKING:
-    from vfmtok.models.gpt import GPT
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -43,7 +42,7 @@ def create_gpt(
     """Build a randomly initialised GPT from a preset name or a config.
 
     Args:
-        name_or_config: a preset of `vfmtok.configs.GPT_PRESETS` ("GPT-B" ... "GPT-3B", "GPT-tiny") or a
+        name_or_config: a preset of `vfmtok.models.gpt_config.GPT_PRESETS` ("GPT-B" ... "GPT-3B", "GPT-tiny") or a
             `GPTConfig`.
         vocab_size, num_classes, grid_size: data-dependent sizes (from the token store manifest); None keeps
             the config's value (16384, 1000, 16 for presets).
@@ -55,7 +54,6 @@ def create_gpt(
     cfg = GPT_PRESETS[name_or_config]() if isinstance(name_or_config, str) and name_or_config in GPT_PRESETS else name_or_config
     if isinstance(cfg, str):
         raise KeyError(f"unknown GPT preset {cfg!r}; available: {', '.join(sorted(GPT_PRESETS))}")
-    from vfmtok.models.gpt import GPT  # deferred: vfmtok.models.gpt re-exports this module
 
     sizes = {"vocab_size": vocab_size, "num_classes": num_classes, "grid_size": grid_size}
     return GPT(_with_overrides(cfg, {**{k: v for k, v in sizes.items() if v is not None}, **overrides}))
@@ -78,7 +76,7 @@ def save_gpt(model: GPT, out_dir: str | Path) -> Path:
 
     config.json = {"format": "vfmtok.gpt", "format_version": 1, "gpt_config": {GPTConfig fields}}; the same
     config is also stored in the safetensors metadata, so the weights file alone is loadable. The weights file is
-    written atomically and byte-reproducibly (`vfmtok.checkpoint_io.save_safetensors`): equal weights give an
+    written atomically and byte-reproducibly (`vfmtok.io.weights.save_safetensors`): equal weights give an
     equal sha256, which `vfmtok sample` keys its output directory on.
 
     Returns:
@@ -115,8 +113,6 @@ def load_gpt(path: str | Path, **overrides: Any) -> GPT:
         ValueError: config cannot be inferred, or the weights do not match it strictly (names the missing,
             unexpected or mis-shaped keys).
     """
-    from vfmtok.checkpoint_io import load_official_pt, pick_state_dict
-    from vfmtok.models.gpt import GPT  # deferred: vfmtok.models.gpt re-exports this module
 
     path = Path(path)
     if path.is_dir():
@@ -146,7 +142,7 @@ def load_gpt(path: str | Path, **overrides: Any) -> GPT:
         cfg = infer_official_config(state, path, ckpt.get("args"), **overrides)
         source = f"{path} [{entry}]"
     model = GPT(cfg)
-    load_state_strict(model, state, source)
+    strict_load(model, state, source, what="the GPT config strictly", convert=floats_to_float32)
     return model.eval()
 
 
@@ -199,24 +195,3 @@ def infer_official_config(state: dict[str, Tensor], path: str | Path, args: Any 
     if cfg.ffn_hidden != hidden:
         raise ValueError(f"{path}: FFN width {hidden} does not match the LlamaGen rule for dim {dim} ({cfg.ffn_hidden})")
     return cfg
-
-
-def load_state_strict(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
-    """`load_state_dict(strict=True)` with one clear error naming missing, unexpected and mis-shaped keys.
-
-    Raises:
-        ValueError: the key sets or shapes differ (lists up to 8 keys per kind, with counts).
-    """
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
-              if state[k].shape != own[k].shape]
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-        if items:
-            more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
-            problems.append(f"{len(items)} {label} key(s): {', '.join(items[:8])}{more}")
-    if problems:
-        raise ValueError(f"{source}: weights do not match the GPT config strictly; " + "; ".join(problems))
-    model.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state.items()})

@@ -7,9 +7,9 @@ shared/reference/vfmtok.md section 1.3).
 * codebook loss mean((zq - sg(z))^2) (weight 1) + commitment `commit_weight` * mean((sg(zq) - z)^2) (0.25);
 * no EMA, no entropy loss (the official ratio is 0).
 
-The official module also keeps a 65,536-entry rolling log of indices (`codebook_used`) for logging. Here
-usage statistics are a non-persistent histogram `code_counts` (K,) int64 updated in training mode (or via
-`record_usage`); the official buffer is accepted and ignored when loading their checkpoint.
+The official module also keeps a 65,536-entry rolling log of indices (`codebook_used`) for logging. Here the
+model keeps no usage state: training and evaluation count codes with `vfmtok.metrics.codebook.CodebookUsage`;
+the official buffer is accepted and ignored when loading their checkpoint.
 """
 from __future__ import annotations
 
@@ -58,7 +58,6 @@ class VectorQuantizer(nn.Module):
             with torch.no_grad():
                 self.embedding.weight.uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
                 self.embedding.weight.copy_(F.normalize(self.embedding.weight, dim=-1))
-        self.register_buffer("code_counts", torch.zeros(codebook_size, dtype=torch.int64), persistent=False)
 
     def codebook(self) -> torch.Tensor:
         """(K, d) float32 l2-normalised codebook."""
@@ -85,32 +84,11 @@ class VectorQuantizer(nn.Module):
                              f"[{int(codes.min())}, {int(codes.max())}]")
         return F.embedding(codes.long(), self.codebook())
 
-    @torch.no_grad()
-    def record_usage(self, codes: torch.Tensor) -> None:
-        """Add `codes` (any shape, int) to the usage histogram `code_counts`."""
-        self.code_counts += torch.bincount(codes.flatten().long(), minlength=self.codebook_size).to(self.code_counts)
-
-    def reset_usage(self) -> None:
-        """Zero the usage histogram."""
-        self.code_counts.zero_()
-
-    def usage(self) -> dict[str, float]:
-        """Usage statistics of the recorded codes: `used_fraction` (codes seen at least once / K), `perplexity`
-        (exp of the entropy of the code histogram, in codes), `total` (codes recorded)."""
-        counts = self.code_counts.double()
-        total = float(counts.sum())
-        if total == 0:
-            return {"used_fraction": 0.0, "perplexity": 0.0, "total": 0.0}
-        probs = counts / total
-        entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
-        return {"used_fraction": float((counts > 0).double().mean()), "perplexity": float(entropy.exp()),
-                "total": total}
-
     def forward(self, latents: torch.Tensor) -> QuantizerOutput:
         """Quantize latents (B, L, d) (any float dtype; computed in float32).
 
         Returns:
-            QuantizerOutput (see its attributes). In training mode the codes are added to `code_counts`.
+            QuantizerOutput (see its attributes).
         """
         if latents.shape[-1] != self.dim:
             raise ValueError(f"latents must have last dim {self.dim}, got shape {tuple(latents.shape)}")
@@ -125,6 +103,4 @@ class VectorQuantizer(nn.Module):
             codebook_loss = (zq - z.detach()).pow(2).mean()
             commit_loss = self.commit_weight * (zq.detach() - z).pow(2).mean()
             quant = z + (zq - z).detach()
-        if self.training:
-            self.record_usage(codes)
         return QuantizerOutput(quant, codes, codebook_loss, commit_loss, gap, second)

@@ -12,9 +12,9 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
+from vfmtok.models.attention import CausalSelfAttention
 from vfmtok.models.deform_attn import MSDeformAttn
 
 
@@ -29,24 +29,6 @@ class LevelProjector(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return self.mlp(feats)
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention with separate biased q/k/v/out projections and a lower-triangular mask
-    (query i attends to j <= i). Input (B, Q, D) used as q, k and v alike -> (B, Q, D)."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"self-attention: dim {dim} is not divisible by heads {heads}")
-        self.heads = heads
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(dim, dim) for _ in range(4))
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        q, k, v = (rearrange(proj(tokens), "b n (h d) -> b h n d", h=self.heads)
-                   for proj in (self.q_proj, self.k_proj, self.v_proj))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out_proj(rearrange(out, "b h n d -> b n (h d)"))
 
 
 class DeformableEncoderLayer(nn.Module):

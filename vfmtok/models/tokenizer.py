@@ -16,8 +16,8 @@ it (`_apply` is overridden). Deep copies (e.g. an EMA model) share the same froz
 is moved or cast, which then takes a private copy (so `copy.deepcopy(tok).to("cpu")` leaves `tok` alone).
 
 Layout: `vfmtok.models.tokenizer_config` (TokenizerConfig, presets, resolve_config), this module (the model),
-`vfmtok.models.tokenizer_io` (create / save / load, the authors' `.pt`). Every public name of those modules is
-re-exported here.
+`vfmtok.models.tokenizer_io` (create / save / load, the authors' `.pt`; it imports this module, never the other
+way round).
 """
 from __future__ import annotations
 
@@ -33,17 +33,11 @@ from torch import nn
 from vfmtok.models.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from vfmtok.models.quantizer import VectorQuantizer
 from vfmtok.models.region_encoder import RegionEncoder
-from vfmtok.models.tokenizer_config import TokenizerConfig, resolve_config
-from vfmtok.models.tokenizer_io import (CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, create_tokenizer,
-                                        load_tokenizer, save_tokenizer)
+from vfmtok.models.tokenizer_config import TokenizerConfig
 from vfmtok.models.vfm import FrozenVFM
 from vfmtok.models.vit_decoder import ViTDecoder, ViTDecoderConfig
 
-__all__ = [
-    "CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE",
-    "TokenizerConfig", "TokenizerOutput", "VFMTokenizer",
-    "create_tokenizer", "load_tokenizer", "resolve_config", "save_tokenizer",
-]
+__all__ = ["TokenizerOutput", "VFMTokenizer"]
 
 
 # ---------------------------------------------------------------------------------------------

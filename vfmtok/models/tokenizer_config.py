@@ -1,17 +1,16 @@
 """`TokenizerConfig`, the tokenizer presets ("vfmtok-l" = the paper's configuration, "tiny" for tests and the
 demo) and `resolve_config` (preset name / config / dict + overrides -> config).
 
-Importing this module registers the presets in `vfmtok.configs.TOKENIZER_PRESETS`. The model itself is in
-`vfmtok.models.tokenizer`; every name here is also importable from there.
+`TOKENIZER_PRESETS` maps each preset name to a config factory. The model itself is in `vfmtok.models.tokenizer`.
 """
 from __future__ import annotations
 
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from vfmtok.configs import TOKENIZER_PRESETS, config_from_dict, config_to_dict
+from vfmtok.configs import config_from_dict, config_to_dict, preset_lookup
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,8 +121,16 @@ def _tiny() -> TokenizerConfig:
     )
 
 
-TOKENIZER_PRESETS.setdefault("vfmtok-l", _vfmtok_l)
-TOKENIZER_PRESETS.setdefault("tiny", _tiny)
+TOKENIZER_PRESETS: dict[str, Callable[[], TokenizerConfig]] = {"vfmtok-l": _vfmtok_l, "tiny": _tiny}
+
+
+def tokenizer_preset(name: str) -> TokenizerConfig:
+    """The `TokenizerConfig` of preset `name`.
+
+    Raises:
+        KeyError: unknown preset (lists the presets).
+    """
+    return preset_lookup(TOKENIZER_PRESETS, name, "tokenizer")
 
 
 def resolve_config(name_or_config: str | TokenizerConfig | dict, **overrides: Any) -> TokenizerConfig:
@@ -133,9 +140,7 @@ def resolve_config(name_or_config: str | TokenizerConfig | dict, **overrides: An
         KeyError: unknown preset (lists the presets). ValueError: unknown override/config keys.
     """
     if isinstance(name_or_config, str):
-        if name_or_config not in TOKENIZER_PRESETS:
-            raise KeyError(f"unknown tokenizer preset {name_or_config!r}; available: {', '.join(sorted(TOKENIZER_PRESETS))}")
-        config = TOKENIZER_PRESETS[name_or_config]()
+        config = tokenizer_preset(name_or_config)
     elif isinstance(name_or_config, dict):
         config = config_from_dict(TokenizerConfig, name_or_config)
     elif isinstance(name_or_config, TokenizerConfig):

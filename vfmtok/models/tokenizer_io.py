@@ -3,23 +3,24 @@
 
 Our format: a directory with `tokenizer.safetensors` (trainable weights; the frozen encoder is never saved) and
 `config.json` ({"format": "vfmtok-tokenizer", "format_version": 1, "tokenizer": {...}, "encoder_weights": ...}).
-The authors' file is read and checked key for key by `vfmtok.convert`. Every name here is also importable
-from `vfmtok.models.tokenizer`.
+The authors' file is read and checked key for key by `vfmtok.io.official`. This module imports
+`vfmtok.models.tokenizer`, never the other way round.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from vfmtok.checkpoint_io import save_safetensors
 from vfmtok.configs import config_from_dict, config_to_dict
+from vfmtok.io.official import load_official_tokenizer_state
+from vfmtok.io.state import strict_load
+from vfmtok.io.weights import save_safetensors
+from vfmtok.models.tokenizer import VFMTokenizer
 from vfmtok.models.tokenizer_config import TokenizerConfig, resolve_config
 
-if TYPE_CHECKING:
-    from vfmtok.models.tokenizer import VFMTokenizer
 
 WEIGHTS_FILE = "tokenizer.safetensors"
 CONFIG_FILE = "config.json"
@@ -46,7 +47,6 @@ def create_tokenizer(name_or_config: str | TokenizerConfig | dict = "tiny", enco
     Raises:
         KeyError, ValueError, RuntimeError, FileNotFoundError: see `resolve_config` and `VFMTokenizer`.
     """
-    from vfmtok.models.tokenizer import VFMTokenizer  # deferred: vfmtok.models.tokenizer re-exports this module
 
     return VFMTokenizer(resolve_config(name_or_config, **overrides), encoder_weights=encoder_weights)
 
@@ -112,8 +112,6 @@ def load_tokenizer(path: str | Path, encoder_weights: str | Path | None = None,
     Raises:
         FileNotFoundError: path or companion files missing. ValueError: keys/shapes do not match (names them).
     """
-    from vfmtok.convert import load_official_tokenizer_state, strict_load
-    from vfmtok.models.tokenizer import VFMTokenizer  # deferred: vfmtok.models.tokenizer re-exports this module
 
     path = Path(path)
     if not path.exists():
@@ -147,5 +145,5 @@ def load_tokenizer(path: str | Path, encoder_weights: str | Path | None = None,
                 raise type(err)(f"{err} (the run recorded encoder weights {recorded}, which were not found; "
                                 "pass encoder_weights=PATH)") from err
             raise
-    strict_load(tok, state, source=str(path))
+    strict_load(tok, state, source=str(path), what="the tokenizer")
     return tok.to(map_location).eval()

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vfmtok.io.state import strict_load
+
 DINOV2_L_FILE = "dinov2_vitl14_reg4_pretrain.pth"
 DINOV2_L_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_reg4_pretrain.pth"
 
@@ -243,24 +245,7 @@ class FrozenVFM(nn.Module):
         filter_fn = getattr(module, "checkpoint_filter_fn", None)
         if filter_fn is not None:
             state = filter_fn(dict(state), self.model)
-        own = self.model.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-        if missing or unexpected or wrong:
-            details = []
-            if missing:
-                details.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-            if unexpected:
-                details.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-            if wrong:
-                details.append("shape mismatch " + ", ".join(f"{k}: file {tuple(state[k].shape)} vs model "
-                                                            f"{tuple(own[k].shape)}" for k in wrong[:8]))
-            raise ValueError(f"{source}: does not fit the frozen encoder {self._base_name()!r}: " + "; ".join(details))
-        assign = any(t.is_meta for t in own.values())
-        if assign:  # assigned tensors keep their own dtype/layout: match the model's, as a copy-load would
-            state = {k: v.to(dtype=own[k].dtype).contiguous() for k, v in state.items()}
-        self.model.load_state_dict(state, strict=True, assign=assign)
+        strict_load(self.model, state, source, what=f"the frozen encoder {self._base_name()!r}")
 
     def _base_name(self) -> str:
         return getattr(self, "name", None) or type(self.model).__name__

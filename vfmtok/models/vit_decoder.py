@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from vfmtok.models.attention import CausalSelfAttention
+
 
 @dataclass
 class ViTDecoderConfig:
@@ -117,41 +119,9 @@ def resample_pos_grid(grid_pos: Tensor, out_grid: int) -> Tensor:
     return rearrange(table, "1 d h w -> 1 (h w) d").to(grid_pos.dtype)
 
 
-def causal_mask(length: int, device: torch.device | None = None) -> Tensor:
-    """The decoder's attention mask: (length, length) bool, True where row i may attend column j (j <= i)."""
-    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
-
-
 # ---------------------------------------------------------------------------------------------
 # Blocks
 # ---------------------------------------------------------------------------------------------
-class DecoderAttention(nn.Module):
-    """Multi-head self-attention with biased q/k/v/out projections and a causal mask (official `Attention3`).
-
-    Softmax scale 1/sqrt(head dim); attention-probability dropout `dropout` in training mode only.
-    """
-
-    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.dropout = dropout
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        """(B, N, D) -> (B, N, D); token i attends to tokens 0..i."""
-        q, k, v = (
-            rearrange(proj(tokens), "b n (h c) -> b h n c", h=self.num_heads)
-            for proj in (self.q_proj, self.k_proj, self.v_proj)
-        )
-        out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.out_proj(rearrange(out, "b h n c -> b n (h c)"))
-
-
 class SwiGLU(nn.Module):
     """SwiGLU FFN with a fused input projection: w3(silu(a) * b) where (a, b) = halves of w12(x) (biased)."""
 
@@ -172,7 +142,7 @@ class DecoderBlock(nn.Module):
     def __init__(self, cfg: ViTDecoderConfig) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.dim)
-        self.attn1 = DecoderAttention(cfg.dim, cfg.num_heads, cfg.attn_dropout)
+        self.attn1 = CausalSelfAttention(cfg.dim, cfg.num_heads, cfg.attn_dropout)
         self.norm2 = nn.LayerNorm(cfg.dim)
         self.ffnet = SwiGLU(cfg.dim, cfg.ffn_hidden)
 

@@ -37,11 +37,11 @@ import torch
 
 from vfmtok.engine.accel import make_accelerator
 from vfmtok.engine.checkpoint import latest_checkpoint
-from vfmtok.engine.data import AugmentedImages, open_image_dataset
+from vfmtok.engine.loader import AugmentedImages, open_image_dataset
 from vfmtok.engine.fsdp import local
-from vfmtok.engine.metrics import CodebookUsage
 from vfmtok.engine.schedule import WarmupConstant, warmup_constant_schedule
 from vfmtok.engine.trainer import StepOutput, Trainer, TrainerConfig, TrainResult, seed_everything
+from vfmtok.metrics.codebook import CodebookUsage
 from vfmtok.losses import LPIPS, TokenizerLossConfig, adversarial_weight, generator_loss, hinge_d_loss
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def _resolve_disc(cfg: TokenizerTrainConfig) -> str:
 
 def export_ema_tokenizer(trainer: Trainer, out: Path, extra: dict[str, Any]) -> Path:
     """Write `out/tokenizer.safetensors` + `out/config.json` from the EMA weights (main process only)."""
-    from vfmtok.models.tokenizer import save_tokenizer
+    from vfmtok.models.tokenizer_io import save_tokenizer
 
     tok = copy.deepcopy(trainer.unwrap("tok")).to("cpu")
     trainer.emas["tok"].copy_to(tok)
@@ -248,7 +248,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TrainResult:
         vfmtok.engine.trainer.NonFiniteLossError: a non-finite loss without `skip_nonfinite`.
     """
     from vfmtok.models.discriminator import create_discriminator
-    from vfmtok.models.tokenizer import create_tokenizer
+    from vfmtok.models.tokenizer_io import create_tokenizer
 
     out = Path(cfg.out)
     has_ckpt = latest_checkpoint(out / "checkpoints") is not None

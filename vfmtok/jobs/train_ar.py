@@ -28,14 +28,17 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from vfmtok.data import token_store as ts
+from vfmtok.data.token_store.reader import (StoreInfo, TokenDataset, TokenStoreError, check_model_matches_store,
+                                            check_token_store, load_val_set)
 from vfmtok.engine.accel import make_accelerator
 from vfmtok.engine.checkpoint import latest_checkpoint
 from vfmtok.engine.fsdp import is_fsdp, reshard, shard_model
 from vfmtok.engine.trainer import StepOutput, Trainer, TrainerConfig, TrainResult
-from vfmtok.models.gpt import GPT, TransformerBlock, create_gpt, load_gpt, load_state_strict, save_gpt
+from vfmtok.models.gpt import GPT
+from vfmtok.models.gpt_layers import TransformerBlock
+from vfmtok.io.state import floats_to_float32, strict_load
+from vfmtok.models.gpt_io import create_gpt, load_gpt, save_gpt
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,6 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
 )
 
 
-class TokenStoreError(ValueError):
-    """The token store cannot train this model (empty, incomplete, labels/codes out of range, size mismatch)."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Settings
 # ---------------------------------------------------------------------------------------------
@@ -79,7 +78,7 @@ class TrainARConfig:
     Attributes:
         tokens: token store directory (`vfmtok extract-tokens` output).
         out: run directory; None -> `runs/ar-<UTC timestamp>`.
-        model: GPT preset name (`vfmtok.configs.GPT_PRESETS`).
+        model: GPT preset name (`vfmtok.models.gpt_config.GPT_PRESETS`).
         steps / epochs: length of the whole run in optimizer steps, or in epochs over the training split
             (at most one; neither -> the paper's epochs for the preset, 300 for GPT-tiny).
         batch_size: global batch (sequences per optimizer step over all ranks and micro-batches).
@@ -177,88 +176,6 @@ class TrainARConfig:
 # ---------------------------------------------------------------------------------------------
 # The store: checks, split, dataset
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class StoreInfo:
-    """What a (checked) token store holds: N images of A views of L = grid**2 codes in [0, vocab_size)."""
-
-    path: Path
-    manifest: dict[str, Any]
-    manifest_sha256: str
-    num_images: int
-    num_augmentations: int
-    num_tokens: int
-    grid_size: int
-    vocab_size: int
-    num_classes: int
-
-
-def check_token_store(path: str | os.PathLike, chunk_rows: int = 1 << 14) -> StoreInfo:
-    """Open a token store and check everything a GPT run relies on, before any training step.
-
-    Reads the manifest, then every label and every code once (in chunks of `chunk_rows` images).
-
-    Args:
-        path: store directory.
-        chunk_rows: images per chunk of the code range check.
-
-    Returns:
-        A `StoreInfo`.
-
-    Raises:
-        FileNotFoundError: no store at `path`.
-        TokenStoreError: empty or incomplete store, non-square token count, missing num_classes, a label outside
-            [0, num_classes) or a code outside [0, codebook_size) (each names the file, index and value).
-    """
-    path = Path(path)
-    manifest = ts.read_manifest(path)
-    if int(manifest.get("num_images", 0)) < 1:
-        raise TokenStoreError(f"{path}: the token store is empty (num_images = {manifest.get('num_images')}); "
-                              "nothing to train on")
-    if not manifest.get("complete"):
-        raise TokenStoreError(f"{path}: the token store is incomplete; rerun the same `vfmtok extract-tokens` "
-                              "command to finish it")
-    layout = ts.StoreLayout.from_manifest(manifest)
-    grid = int(manifest.get("grid_size") or 0)
-    if grid * grid != layout.num_tokens:
-        raise TokenStoreError(f"{path}/manifest.json: num_tokens {layout.num_tokens} is not a square token grid "
-                              f"(grid_size {manifest.get('grid_size')}); the GPT needs grid_size**2 tokens")
-    if "num_classes" not in manifest or int(manifest["num_classes"]) < 1:
-        raise TokenStoreError(f"{path}/manifest.json: num_classes missing or < 1")
-    num_classes = int(manifest["num_classes"])
-    labels = np.load(path / ts.LABELS_FILE, mmap_mode="r")
-    codes = np.load(path / ts.CODES_FILE, mmap_mode="r")
-    expect = (layout.num_images, layout.num_augmentations, layout.num_tokens)
-    if labels.shape != (layout.num_images,) or codes.shape != expect:
-        raise TokenStoreError(f"{path}: codes.npy {codes.shape} / labels.npy {labels.shape} do not match the "
-                              f"manifest {expect} / ({layout.num_images},)")
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-        raise TokenStoreError(f"{path}/{ts.LABELS_FILE}: label {int(labels[bad[0]])} of image {int(bad[0])} is "
-                              f"outside [0, num_classes = {num_classes}) ({bad.size} such labels)")
-    for start in range(0, layout.num_images, chunk_rows):
-        block = np.asarray(codes[start : start + chunk_rows])
-        if int(block.max()) >= layout.codebook_size:
-            row = start + int(np.flatnonzero(block.reshape(len(block), -1).max(axis=1) >= layout.codebook_size)[0])
-            raise TokenStoreError(f"{path}/{ts.CODES_FILE}: image {row} holds code {int(codes[row].max())}, outside "
-                                  f"[0, codebook_size = {layout.codebook_size})")
-    return StoreInfo(path.resolve(), manifest, ts.sha256_file(path / ts.MANIFEST_FILE), layout.num_images,
-                     layout.num_augmentations, layout.num_tokens, grid, layout.codebook_size, num_classes)
-
-
-def check_model_matches_store(config: Any, info: StoreInfo, what: str) -> None:
-    """Refuse a GPT config whose vocabulary, token count or class count differs from the store's.
-
-    Raises:
-        TokenStoreError: names each differing size, the model source `what` and the store.
-    """
-    diffs = [f"{name}: model {mine}, store {theirs}" for name, mine, theirs in (
-        ("codebook size (vocab_size)", config.vocab_size, info.vocab_size),
-        ("tokens per image (grid_size**2)", config.grid_size**2, info.num_tokens),
-        ("num_classes", config.num_classes, info.num_classes)) if mine != theirs]
-    if diffs:
-        raise TokenStoreError(f"{what} does not match the token store {info.path}: " + "; ".join(diffs))
-
-
 def split_indices(num_images: int, val_count: int) -> tuple[np.ndarray, np.ndarray]:
     """Fixed held-out split: `val_count` images chosen by a permutation seeded with `VAL_SPLIT_SEED`.
 
@@ -267,62 +184,6 @@ def split_indices(num_images: int, val_count: int) -> tuple[np.ndarray, np.ndarr
     """
     perm = np.random.default_rng(VAL_SPLIT_SEED).permutation(num_images)
     return np.sort(perm[val_count:]).astype(np.int64), np.sort(perm[:val_count]).astype(np.int64)
-
-
-class ARTokens(Dataset):
-    """Training items over a subset of a token store, indexed by the engine sampler's `(i, epoch, position)`.
-
-    Item i of the subset is store image `indices[i]`; its view in epoch e is
-    `augmentation_choice(seed, e, indices[i], A)` (the same view `TokenDataset.set_epoch(e)` returns).
-    Returns `(codes (L,) int64 in [0, K), label () int64, store index () int64)`; `__getitems__` reads a batch in
-    one vectorised memory-map access. Pickles as paths and arrays (worker-safe).
-
-    Args:
-        path: store directory. indices: (n,) int64 store rows. seed: augmentation seed. num_augmentations: A.
-    """
-
-    def __init__(self, path: str | os.PathLike, indices: np.ndarray, seed: int, num_augmentations: int) -> None:
-        self.path, self.indices = Path(path), np.asarray(indices, dtype=np.int64)
-        self.seed, self.num_augmentations = int(seed), int(num_augmentations)
-        self._codes: np.ndarray | None = None
-        self._labels: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_codes": None, "_labels": None}
-
-    def _read(self, items: list[tuple[int, int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self._codes is None:
-            self._codes = np.load(self.path / ts.CODES_FILE, mmap_mode="r").view(np.ndarray)
-            self._labels = np.load(self.path / ts.LABELS_FILE, mmap_mode="r").view(np.ndarray)
-        sub = np.array([it[0] for it in items], dtype=np.int64)
-        epochs = np.array([it[1] for it in items], dtype=np.int64)
-        rows = self.indices[sub]
-        views = np.empty(len(rows), dtype=np.int64)
-        for e in np.unique(epochs):
-            mask = epochs == e
-            views[mask] = ts.augmentation_choice(self.seed, int(e), rows[mask], self.num_augmentations)
-        codes = torch.from_numpy(self._codes[rows, views].astype(np.int64))
-        labels = torch.from_numpy(self._labels[rows].astype(np.int64))
-        return codes, labels, torch.from_numpy(rows)
-
-    def __getitem__(self, item: tuple[int, int, int] | int):
-        item = (item, 0, item) if isinstance(item, (int, np.integer)) else item
-        codes, labels, rows = self._read([item])
-        return codes[0], labels[0], rows[0]
-
-    def __getitems__(self, items: list[tuple[int, int, int]]) -> list[tuple[torch.Tensor, ...]]:
-        codes, labels, rows = self._read(list(items))
-        return list(zip(codes.unbind(0), labels.unbind(0), rows.unbind(0)))
-
-
-def load_val_set(info: StoreInfo, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """The validation sequences: view 0 of each held-out image. Returns (codes (n, L) int64, labels (n,) int64)."""
-    codes = np.load(info.path / ts.CODES_FILE, mmap_mode="r")
-    labels = np.load(info.path / ts.LABELS_FILE, mmap_mode="r")
-    return torch.from_numpy(codes[indices, 0].astype(np.int64)), torch.from_numpy(labels[indices].astype(np.int64))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,7 +393,7 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
     fused = accelerator.device.type == "cuda"
     optimizer = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
                                   fused=fused or None)
-    dataset = ARTokens(info.path, train_idx, cfg.seed, info.num_augmentations)
+    dataset = TokenDataset(info.path, seed=cfg.seed, indices=train_idx, return_index=True)
     tcfg = TrainerConfig(out_dir=out, total_steps=total_steps, global_batch=cfg.batch_size,
                          grad_accum=cfg.grad_accum, save_every=cfg.save_every, keep_last=cfg.keep_last,
                          log_every=cfg.log_every, grad_clip=cfg.grad_clip or None,
@@ -608,7 +469,7 @@ def export_ema(trainer: Trainer, out: Path, settings: dict[str, Any], command: s
     if ema_state is not None:
         with torch.random.fork_rng(devices=[]):  # the throw-away initialisation leaves the RNG untouched
             model = GPT(trainer.unwrap("gpt").config).eval()
-        load_state_strict(model, ema_state, "the gathered EMA weights")
+        strict_load(model, ema_state, "the gathered EMA weights", what="the GPT config strictly", convert=floats_to_float32)
     elif "gpt" in trainer.fsdp_models:
         raise ValueError("export_ema: the GPT is FSDP-sharded; pass ema_state=trainer.emas['gpt'].full_state_dict()")
     else:

@@ -1,14 +1,15 @@
 """Checkpoint resolution of `vfmtok sample`: find the GPT (newest run under ./runs by default) and its tokenizer,
 and refuse a GPT/tokenizer pair that was not trained together.
 
-Every public name here is also importable from `vfmtok.sample_job`.
+Every public name here is also importable from `vfmtok.jobs.sample.job`.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vfmtok.io.files import read_json_dict
 
 GPT_FORMAT = "vfmtok.gpt"
 
@@ -28,14 +29,6 @@ class Checkpoints:
     chosen_automatically: bool = False
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def find_latest_gpt_run(root: str | Path = "runs", max_depth: int = 3) -> Path:
     """The GPT run under `root` whose `model.safetensors` is newest (mtime).
 
@@ -52,7 +45,7 @@ def find_latest_gpt_run(root: str | Path = "runs", max_depth: int = 3) -> Path:
             run = weights.parent
             if "checkpoints" in run.relative_to(root).parts:
                 continue
-            cfg = _read_json(run / "config.json")
+            cfg = read_json_dict(run / "config.json")
             if cfg is not None and cfg.get("format") == GPT_FORMAT:
                 found.append((weights.stat().st_mtime, run))
     if not found:
@@ -66,7 +59,7 @@ def _gpt_run_config(gpt: Path) -> dict[str, Any] | None:
     cfg_file = gpt / "config.json" if gpt.is_dir() else gpt.parent / "config.json"
     if gpt.is_file() and gpt.suffix != ".safetensors":
         return None
-    cfg = _read_json(cfg_file)
+    cfg = read_json_dict(cfg_file)
     return cfg if cfg is not None and cfg.get("format") == GPT_FORMAT else None
 
 
@@ -100,7 +93,7 @@ def resolve_checkpoints(ckpt: str | Path | None, tokenizer: str | Path | None, r
         store = (run_cfg or {}).get("token_store")
         if not recorded and isinstance(store, str):  # fall back to the token store's own record
             store_path = Path(store) if Path(store).is_absolute() else (gpt if gpt.is_dir() else gpt.parent) / store
-            recorded = ((_read_json(store_path / "manifest.json") or {}).get("tokenizer") or {}).get("path")
+            recorded = ((read_json_dict(store_path / "manifest.json") or {}).get("tokenizer") or {}).get("path")
         if not recorded:
             if gpt_file.suffix not in (".safetensors",):
                 raise FileNotFoundError(f"--ckpt {gpt}: the authors' GPT-*.pt does not name its tokenizer; pass "
@@ -160,7 +153,7 @@ def verify_tokenizer_sha(run_cfg: dict[str, Any] | None, tok_sha: str, tok_src: 
     store = (run_cfg or {}).get("token_store")
     if isinstance(store, str) and not Path(store).is_absolute() and run_dir is not None:
         store = str(run_dir / store)
-    manifest = _read_json(Path(store) / "manifest.json") if isinstance(store, str) else None
+    manifest = read_json_dict(Path(store) / "manifest.json") if isinstance(store, str) else None
     tok_info = (manifest or {}).get("tokenizer") or {}
     if tok_info.get("file_sha256") == tok_sha and tok_info.get("weights_sha256") == recorded:
         return True

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from vfmtok.metrics.fid import feature_statistics, frechet_distance
 from vfmtok.metrics.inception import InceptionFeatureExtractor
 from vfmtok.metrics.inception_score import DEFAULT_SHUFFLE_SEED, SPLIT_SIZE, inception_score
-from vfmtok.metrics.recon import CodebookUsage, psnr, ssim
+from vfmtok.metrics.codebook import CodebookUsage
+from vfmtok.metrics.recon import psnr, ssim
 
 __all__ = ["EVAL_SIZE", "evaluate_reconstructions", "evaluate_tokenizer", "to_uint8_resized"]
 
@@ -61,7 +62,7 @@ def evaluate_reconstructions(
         extractor: Inception features (see :mod:`vfmtok.metrics.inception`).
         codebook_size: K, for the usage count.
         total: number of images (for the progress bar only).
-        is_shuffle_seed, fid_method: as :func:`vfmtok.metrics.evaluate.evaluate_samples`.
+        is_shuffle_seed, fid_method: as :func:`vfmtok.jobs.evaluate.evaluate_samples`.
         progress: tqdm bar.
 
     Returns:
@@ -136,7 +137,7 @@ def evaluate_tokenizer(
         encoder_weights: frozen-encoder weights file (e.g. ``dinov2_vitl14_reg4_pretrain.pth``) for a tokenizer
             file that does not carry them (the authors' ``vfmtok-tokenizer.pt``); None = the run's own setting.
         limit: evaluate only the first ``limit`` images (the official protocol uses all 50 000 val images).
-        Other args: as :func:`vfmtok.metrics.evaluate.evaluate_samples`.
+        Other args: as :func:`vfmtok.jobs.evaluate.evaluate_samples`.
 
     Returns:
         The dict of :func:`evaluate_reconstructions` plus ``tokenizer``, ``data``, ``image_size``,

@@ -2,25 +2,21 @@
 (written by worker threads), and rank 0's final assembly into samples.npz, grid.png and sample_config.json.
 
 Layout of DIR: `images/<index:06d>.png`, `parts/chunk_<k:06d>.npy` (removed when complete), `samples.npz`
-(ADM layout), `grid.png`, `sample_config.json`. Every public name here is also importable from
-`vfmtok.sample_job`.
+(ADM layout), `grid.png`, `sample_config.json`.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from vfmtok.sample_checkpoints import _read_json
-from vfmtok.sample_plan import chunk_range, grid_rows
-
-if TYPE_CHECKING:
-    from vfmtok.sample_job import SampleOptions
+from vfmtok.io.files import read_json_dict, write_json_atomic
+from vfmtok.jobs.sample.options import SampleOptions
+from vfmtok.jobs.sample.plan import chunk_range, grid_rows
 
 CONFIG_NAME = "sample_config.json"
 NPZ_NAME = "samples.npz"
@@ -52,12 +48,6 @@ def _clear(out: Path) -> None:
             path.unlink()
 
 
-def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def prepare_dir(out: Path, settings: dict[str, Any], overwrite: bool, num_chunks: int, record: dict[str, Any]
                 ) -> list[int] | None:
     """Make `out` ready and return the chunks still to sample (None: already complete with these settings).
@@ -69,7 +59,7 @@ def prepare_dir(out: Path, settings: dict[str, Any], overwrite: bool, num_chunks
     if out.exists() and not out.is_dir():
         raise SampleDirError(f"--out {out} is a file, expected a folder")
     if out.is_dir() and any(out.iterdir()):
-        existing = _read_json(out / CONFIG_NAME)
+        existing = read_json_dict(out / CONFIG_NAME)
         if existing is None or existing.get("format") != SAMPLES_FORMAT:
             if not overwrite:
                 raise SampleDirError(f"--out {out} exists and is not a vfmtok sample folder (no {CONFIG_NAME}); "
@@ -91,7 +81,7 @@ def prepare_dir(out: Path, settings: dict[str, Any], overwrite: bool, num_chunks
     (out / "parts").mkdir(parents=True, exist_ok=True)
     if record["options"]["png"]:
         (out / "images").mkdir(exist_ok=True)
-    _write_json_atomic(out / CONFIG_NAME, {**record, "complete": False})
+    write_json_atomic(out / CONFIG_NAME, {**record, "complete": False}, indent=1)
     return [k for k in range(num_chunks) if not _chunk_file(out, k).is_file()]
 
 
@@ -103,7 +93,7 @@ def _save_png(path: Path, pixels: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _commit_chunk(out: Path, chunk: int, start: int, pixels: np.ndarray, png: bool) -> None:
+def commit_chunk(out: Path, chunk: int, start: int, pixels: np.ndarray, png: bool) -> None:
     """Write the chunk's PNGs, then its shard (the shard marks the chunk done)."""
     if png:
         for j, image in enumerate(pixels):
@@ -130,7 +120,7 @@ def render_grid(tiles: list[list[np.ndarray]], pad: int = 2, fill: int = 255) ->
 # ---------------------------------------------------------------------------------------------
 # Rank 0: the final outputs
 # ---------------------------------------------------------------------------------------------
-def _assemble(out: Path, labels: np.ndarray, num_chunks: int, opts: SampleOptions, record: dict[str, Any],
+def assemble(out: Path, labels: np.ndarray, num_chunks: int, opts: SampleOptions, record: dict[str, Any],
               started: float) -> dict[str, Any]:
     """Rank 0: stream the shards into samples.npz, fill missing PNGs, write grid.png and the final config."""
     from PIL import Image
@@ -167,6 +157,6 @@ def _assemble(out: Path, labels: np.ndarray, num_chunks: int, opts: SampleOption
               "seconds": round(finished - started, 3), "images_per_second": round(n / max(finished - started, 1e-9), 3),
               "classes_used": int((counts > 0).sum()), "grid_rows": rows,
               "outputs": {"npz": NPZ_NAME, "grid": GRID_NAME, "images": "images/" if opts.png else None}}
-    _write_json_atomic(out / CONFIG_NAME, record)
+    write_json_atomic(out / CONFIG_NAME, record, indent=1)
     shutil.rmtree(out / "parts", ignore_errors=True)
     return record

@@ -1,6 +1,6 @@
-"""Labels, work chunks and the grid layout of `vfmtok sample` (rules in the `vfmtok.sample_job` docstring).
+"""Labels, work chunks and the grid layout of `vfmtok sample` (rules in the `vfmtok.jobs.sample.job` docstring).
 
-Every name here is also importable from `vfmtok.sample_job`.
+Every name here is also importable from `vfmtok.jobs.sample.job`.
 """
 from __future__ import annotations
 

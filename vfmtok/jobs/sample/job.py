@@ -21,9 +21,9 @@ Pipeline (docs/sample.md has the user-facing description):
 Resume: rerunning with the same settings skips chunks whose shard exists (a shard is written only after its
 PNGs). A DIR made with other settings is refused unless `overwrite`.
 
-Layout: `vfmtok.sample_plan` (labels, chunks, grid rows), `vfmtok.sample_checkpoints` (step 1),
-`vfmtok.sample_output` (the output folder, resume, assembly), this module (options and the job). Every public
-name of those modules is re-exported here.
+Layout: `vfmtok.jobs.sample.options` (SampleOptions), `vfmtok.jobs.sample.plan` (labels, chunks, grid rows),
+`vfmtok.jobs.sample.checkpoints` (step 1), `vfmtok.jobs.sample.output` (the output folder, resume, assembly), this
+module (the job).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import math
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,93 +41,13 @@ import numpy as np
 import torch
 
 from vfmtok.distributed import barrier, broadcast, init_from_env
-from vfmtok.hashing import sha256_file
-from vfmtok.sample_checkpoints import (GPT_FORMAT, Checkpoints, _read_json, check_compatible, find_latest_gpt_run,
-                                       resolve_checkpoints, verify_tokenizer_sha)
-from vfmtok.sample_output import (CONFIG_NAME, GRID_NAME, NPZ_NAME, SAMPLES_FORMAT, SampleDirError, _assemble,
-                                  _commit_chunk, prepare_dir, render_grid)
-from vfmtok.sample_plan import LABEL_MODES, chunk_range, grid_rows, make_labels, random_label, split_chunks
-from vfmtok.sampling import SCHEDULES, cfg_scales
-
-__all__ = [
-    "CONFIG_NAME", "GPT_FORMAT", "GRID_NAME", "LABEL_MODES", "NPZ_NAME", "SAMPLES_FORMAT",
-    "Checkpoints", "SampleDirError", "SampleOptions",
-    "check_compatible", "chunk_range", "find_latest_gpt_run", "grid_rows", "make_labels", "prepare_dir",
-    "random_label", "render_grid", "resolve_checkpoints", "run_sample", "split_chunks", "verify_tokenizer_sha",
-]
-
-
-# ---------------------------------------------------------------------------------------------
-# Options
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class SampleOptions:
-    """Every `vfmtok sample` setting (formulas in docs/sample.md).
-
-    Attributes:
-        num_samples: N >= 1 images. classes: class ids cycled in order (sample i gets classes[i % len]), or
-            None to use `labels`. labels: "random" | "balanced" (only without `classes`).
-        cfg_scale, cfg_schedule, cfg_power, cfg_interval, temperature, top_k, top_p: see `vfmtok.generate`.
-        batch_size: samples per GPT forward (does not change results). decode_batch: D, images per tokenizer
-            decode call, aligned to global indices (part of the settings: changing it may flip a pixel by 1).
-        image_size: output side in pixels (bicubic resize of the decoder output, official rule).
-        png: write `images/<index:06d>.png`. overwrite: replace a DIR made with other settings.
-        seed: global seed. device: 'auto' | 'cpu' | 'cuda' | 'cuda:N'. mixed_precision: no | bf16 | fp16
-            (autocast on CUDA only). progress: tqdm bar on rank 0.
-    """
-
-    num_samples: int = 64
-    classes: list[int] | None = None
-    labels: str = "random"
-    cfg_scale: float = 1.0
-    cfg_schedule: str = "constant"
-    cfg_power: float = 1.0
-    cfg_interval: int = -1
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    batch_size: int = 32
-    decode_batch: int = 32
-    image_size: int = 256
-    png: bool = True
-    overwrite: bool = False
-    seed: int = 0
-    device: str = "auto"
-    mixed_precision: str = "no"
-    progress: bool = True
-
-    def validate(self) -> None:
-        """Check every option that needs no model.
-
-        Raises:
-            ValueError: naming the option and the accepted range.
-        """
-        if self.num_samples < 1:
-            raise ValueError(f"-n/--num-samples must be >= 1, got {self.num_samples}")
-        if self.batch_size < 1 or self.decode_batch < 1:
-            raise ValueError(f"--batch-size and --decode-batch must be >= 1, got {self.batch_size}, {self.decode_batch}")
-        if self.image_size < 1:
-            raise ValueError(f"--image-size must be >= 1, got {self.image_size}")
-        if self.classes is not None:
-            if not self.classes:
-                raise ValueError("--class: give at least one class id")
-            bad = [c for c in self.classes if c < 0]
-            if bad:
-                raise ValueError(f"--class {bad[0]}: class ids must be >= 0")
-        elif self.labels not in LABEL_MODES:
-            raise ValueError(f"--labels {self.labels!r}: expected one of {', '.join(LABEL_MODES)}")
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"--temperature must be a finite number >= 0 (0 = argmax), got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"--top-k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"--top-p must be in (0, 1] (1 = off), got {self.top_p}")
-        if self.cfg_schedule not in SCHEDULES:
-            raise ValueError(f"--cfg-schedule {self.cfg_schedule!r}: expected one of {', '.join(SCHEDULES)}")
-        cfg_scales(1, self.cfg_scale, self.cfg_schedule, self.cfg_power, self.cfg_interval)  # raises on bad values
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"--mixed-precision {self.mixed_precision!r}: expected no, bf16 or fp16")
-
+from vfmtok.io.files import read_json_dict
+from vfmtok.io.hashing import sha256_file
+from vfmtok.jobs.sample.checkpoints import check_compatible, resolve_checkpoints, verify_tokenizer_sha
+from vfmtok.jobs.sample.options import SampleOptions
+from vfmtok.jobs.sample.output import (CONFIG_NAME, GRID_NAME, NPZ_NAME, SAMPLES_FORMAT, SampleDirError, assemble,
+                                      commit_chunk, prepare_dir)
+from vfmtok.jobs.sample.plan import chunk_range, make_labels, split_chunks
 
 # ---------------------------------------------------------------------------------------------
 # The job
@@ -178,8 +98,8 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
     from vfmtok import __version__
     from vfmtok.configs import config_to_dict
     from vfmtok.device import autocast_dtype
-    from vfmtok.models.gpt import load_gpt
-    from vfmtok.models.tokenizer import load_tokenizer
+    from vfmtok.models.gpt_io import load_gpt
+    from vfmtok.models.tokenizer_io import load_tokenizer
 
     say = log if rank == 0 else (lambda *_: None)
     started = time.time()
@@ -246,7 +166,7 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
         raise SampleDirError(status[1].split(": ", 1)[1])
     if status[0] == "complete":
         say(f"{out} already holds these {n} samples (same settings); nothing to do (--overwrite to redo)")
-        return _read_json(out / CONFIG_NAME) or record
+        return read_json_dict(out / CONFIG_NAME) or record
     todo = status[1]
     if rank == 0 and len(todo) < num_chunks:
         say(f"resuming {out}: {num_chunks - len(todo)} of {num_chunks} chunks already done")
@@ -255,7 +175,7 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
     _sample_chunks(gpt.to(device), tok.to(device), labels, mine, out, opts, device, amp, rank, world)
     barrier(world)
     if rank == 0:
-        record = _assemble(out, labels, num_chunks, opts, record, started)
+        record = assemble(out, labels, num_chunks, opts, record, started)
         say(f"wrote {out / NPZ_NAME} ({n} images {opts.image_size}x{opts.image_size}), {out / GRID_NAME}"
             + (f", {out / 'images'}/" if opts.png else ""))
     return record
@@ -299,7 +219,7 @@ def _sample_chunks(gpt, tok, labels: np.ndarray, chunks: list[int], out: Path, o
                 pixels = to_uint8(images, size=opts.image_size).cpu().numpy()
                 while len(pending) >= 8:
                     pending.pop(0).result()
-                pending.append(pool.submit(_commit_chunk, out, chunks[next_chunk], span.start, pixels, opts.png))
+                pending.append(pool.submit(commit_chunk, out, chunks[next_chunk], span.start, pixels, opts.png))
                 next_chunk += 1
             bar.update(len(idx))
         for fut in pending:

@@ -1,4 +1,4 @@
-"""Import of the authors' released tokenizer checkpoint (`vfmtok-tokenizer.pt`) and strict state-dict loading.
+"""Import of the authors' released tokenizer checkpoint (`vfmtok-tokenizer.pt`); strict loading is `vfmtok.io.state`.
 
 Our module attribute names reproduce the official state_dict keys, so the key map is the identity except:
 
@@ -13,12 +13,11 @@ Every other key must be consumed with an equal shape; otherwise the error names 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import torch
-from torch import nn
 
-from vfmtok.checkpoint_io import load_official_pt, pick_state_dict
+from vfmtok.io.weights import load_official_pt, pick_state_dict
 
 OFFICIAL_BACKBONE_PREFIX = "encode_transformer.backbone.pretrained_encoder."
 IGNORED_OFFICIAL_KEYS = frozenset({"slot_quantize.codebook_used"})
@@ -52,49 +51,8 @@ def load_official_tokenizer_state(path: str | Path) -> tuple[dict[str, torch.Ten
         (our state dict, backbone state dict or {}).
 
     Raises:
-        FileNotFoundError, ValueError: see `vfmtok.checkpoint_io`.
+        FileNotFoundError, ValueError: see `vfmtok.io.weights`.
     """
     ckpt = load_official_pt(path)
     _, state = pick_state_dict(ckpt, path, prefer=("ema", "model"))
     return split_official_tokenizer_state(state)
-
-
-def check_state_dict(expected: Mapping[str, Sequence[int]], state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Refuse a state dict that does not match `expected` key for key.
-
-    Args:
-        expected: key -> shape.
-        state: the loaded tensors.
-        source: file name used in the message.
-
-    Raises:
-        ValueError: naming the missing keys, unexpected keys and shape mismatches (first few of each).
-    """
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k])]
-    if not (missing or unexpected or wrong):
-        return
-    parts = []
-    if missing:
-        parts.append(f"missing key(s) {missing[:6]}{' ...' if len(missing) > 6 else ''} ({len(missing)} in all)")
-    if unexpected:
-        parts.append(f"unexpected key(s) {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''} ({len(unexpected)} in all)")
-    if wrong:
-        parts.append("shape mismatch: " + "; ".join(
-            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k])}" for k in wrong[:6]))
-    raise ValueError(f"{source}: weights do not match the tokenizer: " + "; ".join(parts))
-
-
-def strict_load(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load `state` into `model` requiring every key and shape to match (see `check_state_dict`).
-
-    A model built on the meta device is materialised from the tensors (`assign=True`).
-
-    Raises:
-        ValueError: names the offending keys and `source`.
-    """
-    own = model.state_dict()
-    check_state_dict({k: tuple(v.shape) for k, v in own.items()}, state, source)
-    meta = any(v.is_meta for v in own.values())
-    model.load_state_dict(dict(state), strict=True, assign=meta)

@@ -2,9 +2,9 @@
 
 Used by `make demo` (scripts/demo.sh) and by the end-to-end test:
 
-    python -m vfmtok.demo_report class-check SAMPLES.npz TRAIN_DATA --inception-weights W.pth --json OUT.json
-    python -m vfmtok.demo_report psnr-baselines TRAIN_DATA VAL_DATA --size 56 --json OUT.json
-    python -m vfmtok.demo_report summary DEMO_DIR
+    python -m vfmtok.jobs.demo_report class-check SAMPLES.npz TRAIN_DATA --inception-weights W.pth --json OUT.json
+    python -m vfmtok.jobs.demo_report psnr-baselines TRAIN_DATA VAL_DATA --size 56 --json OUT.json
+    python -m vfmtok.jobs.demo_report summary DEMO_DIR
 
 Class check (issue #9 quality floor): every generated sample is assigned to the nearest class mean of the
 training photos' features (Euclidean distance); the reported number is the fraction assigned to the class
@@ -166,7 +166,7 @@ def class_check(samples_npz: Path, train_dir: Path, inception_weights: Optional[
     if reference == "reconstructions" and tokenizer is None:
         raise ValueError("class check: reference 'reconstructions' needs --tokenizer")
     from vfmtok.data.adm_npz import read_npz_array
-    from vfmtok.models.tokenizer import load_tokenizer
+    from vfmtok.models.tokenizer_io import load_tokenizer
 
     tok = None if tokenizer is None else load_tokenizer(tokenizer).eval()
     if tok is not None:
@@ -252,7 +252,7 @@ def psnr_baselines(train_dir: Path, val_dir: Path, size: int, eval_size: int = 2
     """PSNR (dB, per image, averaged) of two detail-free stand-ins for each validation image, measured exactly as
     `vfmtok evaluate --tokenizer` measures reconstructions, so the numbers are directly comparable.
 
-    Protocol (`vfmtok.metrics.tokenizer_eval`): ADM centre crop at `size`; the stand-in (float, [0, 1]) and the crop
+    Protocol (`vfmtok.jobs.evaluate_tokenizer`): ADM centre crop at `size`; the stand-in (float, [0, 1]) and the crop
     both go to uint8 by clamp(127.5 x + 128) on [-1, 1], are PIL-bicubic-resized to `eval_size` and compared as
     [0, 1] floats.
 
@@ -271,7 +271,7 @@ def psnr_baselines(train_dir: Path, val_dir: Path, size: int, eval_size: int = 2
     import torch
 
     from vfmtok.metrics.recon import psnr
-    from vfmtok.metrics.tokenizer_eval import to_uint8_resized
+    from vfmtok.jobs.evaluate_tokenizer import to_uint8_resized
 
     def crops(folder: Path) -> tuple[torch.Tensor, np.ndarray]:
         images, labels = _centre_crops(folder, size, per_class=10**9)

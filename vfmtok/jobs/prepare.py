@@ -42,12 +42,12 @@ from vfmtok.data.adm_npz import NpzWriter
 from vfmtok.data.crops import adm_box_halve, adm_center_crop
 from vfmtok.data.decode import DecodeError, decode_image
 from vfmtok.data.layouts import SourceList, discover, load_classes, write_classes
-from vfmtok.data.shards import ShardSample, file_sha256, shard_name, write_shard
+from vfmtok.data.shards import PREPARED_FORMAT, PREPARED_FORMAT_VERSION, ShardSample, shard_name, write_shard
+from vfmtok.io.hashing import sha256_file
 
-__all__ = ["FORMAT_VERSION", "PrepareSettings", "NpzRequest", "PrepareResult", "PrepareError", "prepare_dataset",
+__all__ = ["PrepareSettings", "NpzRequest", "PrepareResult", "PrepareError", "prepare_dataset",
            "encode_for_storage"]
 
-FORMAT_VERSION = 1
 FAIL_AFTER_ENV = "VFMTOK_PREPARE_FAIL_AFTER"  # test hook: "k" raises after k shards, "k:kill" sends SIGKILL
 _OUR_FILES = ("manifest.json", "classes.json", "rejected.jsonl", "index.npz")
 
@@ -181,7 +181,7 @@ def _run_shard(job: dict) -> dict:
     shard_path = out / shard_name(job["shard"])
     index = write_shard(shard_path, samples)
     return {
-        "shard": job["shard"], "name": shard_path.name, "count": len(samples), "sha256": file_sha256(shard_path),
+        "shard": job["shard"], "name": shard_path.name, "count": len(samples), "sha256": sha256_file(shard_path),
         "bytes": shard_path.stat().st_size, "rejected": rejected, "class_counts": class_counts,
         "members": [[int(k), off, size, label] for k, _, off, size, label in index],
         "short_side": [min(short_sides), max(short_sides)] if short_sides else None, "stored": how_counts,
@@ -303,7 +303,7 @@ def prepare_dataset(
         stale.unlink()
     created = (previous or {}).get("created_utc") or datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest = {
-        "format": "vfmtok-prepared-data", "format_version": FORMAT_VERSION, "status": "in_progress",
+        "format": PREPARED_FORMAT, "format_version": PREPARED_FORMAT_VERSION, "status": "in_progress",
         "fingerprint": fingerprint, "created_utc": created,
         "command_line": list(command_line if command_line is not None else sys.argv),
     }
@@ -447,4 +447,4 @@ def _write_npz(out: Path, npz: NpzRequest, records: list[dict], labels: np.ndarr
             writer.write(batch, labels[order[sel]])
     return {"path": str(Path(npz.path).resolve()), "size": npz.size, "count": count,
             "shuffle_seed": npz.shuffle_seed, "crop": "ADM centre crop of the decoded source image",
-            "sha256": file_sha256(npz.path)}
+            "sha256": sha256_file(npz.path)}

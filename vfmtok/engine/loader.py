@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from vfmtok.data.crops import adm_random_crop, to_tensor_m11
+from vfmtok.data.crops import adm_random_crop
 from vfmtok.engine.sampler import RankDisjointSampler
+from vfmtok.imageops import from_uint8
 
 
 def _pil_identity(image: Image.Image) -> Image.Image:
@@ -69,7 +70,7 @@ class AugmentedImages(Dataset):
         arr = adm_random_crop(image.convert("RGB"), self.size, rng, self.min_crop_frac, 1.0)
         if rng.random() < self.flip_p:
             arr = arr[:, ::-1]
-        return to_tensor_m11(arr), int(label), int(index)
+        return from_uint8(torch.from_numpy(np.ascontiguousarray(arr))), int(label), int(index)
 
 
 def make_loader(
@@ -92,17 +93,3 @@ def make_loader(
         persistent_workers=False,
         generator=torch.Generator().manual_seed(seed),
     )
-
-
-class PlainItems(Dataset):
-    """Adapter for datasets without augmentation (e.g. a token store in `train-ar`): the sampler's
-    `(index, epoch, position)` item -> `base[index]`; epoch and position are ignored."""
-
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, item: int | tuple[int, int, int]):
-        return self.base[item if isinstance(item, int) else item[0]]

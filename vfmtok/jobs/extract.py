@@ -40,10 +40,13 @@ import torch
 from einops import rearrange
 
 from vfmtok.configs import config_to_dict
-from vfmtok.data import token_store as ts
+from vfmtok.io import hashing
+from vfmtok.data.token_store import format as tsf
+from vfmtok.data.token_store import writer as tsw
 from vfmtok.data.crops import adm_center_crop, ten_crop
 from vfmtok.device import autocast, autocast_dtype, resolve_device
 from vfmtok.distributed import barrier, broadcast, init_from_env
+from vfmtok.imageops import uint8_to_unit
 
 __all__ = [
     "AUGMENTATIONS",
@@ -131,13 +134,6 @@ def make_views(image: Any, size: int, aug: str) -> np.ndarray:
     return np.ascontiguousarray(rearrange(views, "v h w c -> v c h w"))
 
 
-def uint8_to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1]: (x / 255 - 0.5) / 0.5 (torchvision ToTensor + Normalize(0.5, 0.5)).
-
-    Bit-identical to `x / 127.5 - 1` (`vfmtok.data.crops.to_tensor_m11`) for all 256 values.
-    """
-    return images.float().div(255.0).sub(0.5).div(0.5)
-
 
 class _ViewsDataset(torch.utils.data.Dataset):
     """Item i = (i, views (V, 3, S, S) uint8, label) of an ImageSource (runs in dataloader workers)."""
@@ -209,7 +205,7 @@ def open_image_source(path: str | Path, split: str = "train") -> DatasetSource:
     if (root / "manifest.json").is_file():
         dataset = PreparedDataset(root, transform=_keep_pil)
         desc = {"kind": "prepared-data", "path": str(root.resolve()),
-                "manifest_sha256": ts.sha256_file(root / "manifest.json")}
+                "manifest_sha256": hashing.sha256_file(root / "manifest.json")}
         return DatasetSource(dataset, desc, desc["manifest_sha256"])
     dataset = ImageFolderDataset(root, split=split, transform=_keep_pil)
     digest = hashlib.sha256()
@@ -316,18 +312,18 @@ def _encode(tokenizer: Any, images: torch.Tensor, neighbours: int) -> torch.Tens
     return torch.stack([first, second], dim=-1)
 
 
-def _prepare_store(out: Path, layout: ts.StoreLayout, manifest: dict[str, Any], overwrite: bool) -> str:
+def _prepare_store(out: Path, layout: tsf.StoreLayout, manifest: dict[str, Any], overwrite: bool) -> str:
     """Create, reuse or refuse `out` (main process). Returns 'created' | 'resume' | 'complete'."""
     if out.exists() and not out.is_dir():
         raise StoreMismatchError(f"{out} exists and is not a directory")
     present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    foreign = [name for name in present if name not in ts.STORE_FILES and not name.startswith(".")]
-    if (out / ts.MANIFEST_FILE).is_file():
+    foreign = [name for name in present if name not in tsf.STORE_FILES and not name.startswith(".")]
+    if (out / tsf.MANIFEST_FILE).is_file():
         try:
-            existing = ts.read_manifest(out)
+            existing = tsf.read_manifest(out)
         except ValueError as err:
             raise StoreMismatchError(f"{out} holds a manifest.json that is not a token store's; refusing ({err})")
-        diffs = ts.store_differences(existing, manifest["settings"])
+        diffs = tsf.store_differences(existing, manifest["settings"])
         if not diffs:
             return "complete" if existing.get("complete") else "resume"
         if not overwrite:
@@ -339,7 +335,7 @@ def _prepare_store(out: Path, layout: ts.StoreLayout, manifest: dict[str, Any], 
         raise StoreMismatchError(
             f"{out} is not empty and is not a token store (found {', '.join(foreign[:5])}); choose an empty OUT"
         )
-    ts.create_store(out, layout, manifest)
+    tsw.create_store(out, layout, manifest)
     return "created"
 
 
@@ -413,11 +409,11 @@ def _extract(source: ImageSource, out: Path, tokenizer: Any, opts: ExtractOption
     grid = int(math.isqrt(num_tokens))
     names = view_names(opts.aug)
     num_views = len(names)
-    layout = ts.StoreLayout(num_images, num_views * opts.neighbours, num_tokens, codebook)
+    layout = tsf.StoreLayout(num_images, num_views * opts.neighbours, num_tokens, codebook)
     cfg_dict = config_to_dict(cfg) if hasattr(cfg, "__dataclass_fields__") else dict(vars(cfg))
     weights_sha = tokenizer_fingerprint(tokenizer) if rank == 0 else None
     settings = {
-        "format_version": ts.FORMAT_VERSION,
+        "format_version": tsf.FORMAT_VERSION,
         "tokenizer_weights_sha256": weights_sha,
         "tokenizer_config": cfg_dict,
         "image_size": size,
@@ -470,9 +466,9 @@ def _extract(source: ImageSource, out: Path, tokenizer: Any, opts: ExtractOption
         if rank == 0:
             print(f"{out}: token store already complete with these settings; nothing to do", file=sys.stderr)
         barrier(world)
-        return ts.read_manifest(out) if rank == 0 else None
+        return tsf.read_manifest(out) if rank == 0 else None
 
-    writer = ts.StoreWriter(out)
+    writer = tsw.StoreWriter(out)
     done = writer.done_mask()
     todo = [b for b in plan_batches(num_images, opts.batch_size, world, rank) if not done[b.start : b.stop].all()]
     model = tokenizer.to(device).eval() if isinstance(tokenizer, torch.nn.Module) else tokenizer
@@ -513,6 +509,6 @@ def _extract(source: ImageSource, out: Path, tokenizer: Any, opts: ExtractOption
     barrier(world)
     result = None
     if rank == 0:
-        result = ts.finalize_store(out, {"command": manifest["command"], "world_size": world})
+        result = tsw.finalize_store(out, {"command": manifest["command"], "world_size": world})
     barrier(world)
     return result
