@@ -201,3 +201,9 @@ def test_rgb_colour_key_transparency_is_composited_on_white():
     rgb = np.array([[[1, 2, 3], [200, 100, 50]]], np.uint8)
     arr = _decode(_encode(Image.fromarray(rgb), "PNG", transparency=(1, 2, 3)))
     np.testing.assert_array_equal(arr, [[ALPHA_BACKGROUND, [200, 100, 50]]])
+
+
+def test_float_tiff_holding_0_to_255_is_not_saturated():
+    floats = np.array([[0.0, 0.4, 17.6, 128.0, 254.6, 300.0, np.nan]], np.float32)
+    arr = _decode(_encode(Image.fromarray(floats, "F"), "TIFF"))
+    np.testing.assert_array_equal(arr[0, :, 0], [0, 0, 18, 128, 255, 255, 0])  # the [0, 1] rule gave 255 from 17.6 on

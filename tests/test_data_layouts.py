@@ -127,3 +127,17 @@ def test_classes_file_formats(tmp_path):
     path.write_text(json.dumps(["a", "a"]))
     with pytest.raises(LayoutError, match="unique"):
         load_classes(path)
+
+
+def test_val_of_an_imagenet_root_keeps_trains_class_index_when_val_lacks_classes(tmp_path):
+    for wnid in ("n01", "n02", "n03"):
+        _img(tmp_path / "train" / wnid / "a.JPEG")
+    _img(tmp_path / "val" / "n01" / "v.JPEG")
+    _img(tmp_path / "val" / "n03" / "v.JPEG")  # n02 has no val image
+    val = discover(tmp_path, "val")
+    assert val.classes == ["n01", "n02", "n03"]  # n03 keeps label 2, as in train (sorted val alone gives 1)
+    assert discover(tmp_path, "train").classes == val.classes
+    _img(tmp_path / "val" / "n09" / "v.JPEG")
+    with pytest.raises(LayoutError, match=r"val holds 1 class\(es\) that .*train does not: \['n09'\]"):
+        discover(tmp_path, "val")
+    assert discover(tmp_path, "val", classes=["n01", "n02", "n03", "n09"]).classes[-1] == "n09"

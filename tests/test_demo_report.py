@@ -113,3 +113,20 @@ def test_class_check_takes_the_native_size_from_the_tokenizer(prepared, tmp_path
     assert set(result) >= {"fraction", "fraction_vs_photos"}
     with pytest.raises(ValueError, match="--native-size 64 but the tokenizer .* works at 56 px"):
         class_check(tmp_path / "s.npz", prepared / "train", tokenizer=tmp_path / "tok", native_size=64)
+
+
+def test_summary_explains_why_val_psnr_differs_from_the_training_log(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from vfmtok.jobs.demo_report import app
+
+    (tmp_path / "eval_tokenizer.json").write_text(json.dumps({"psnr": 19.25, "rfid": 332.0}))
+    (tmp_path / "timings.tsv").write_text("train-tokenizer\t300\nsample\t12\n")
+    res = CliRunner().invoke(app, ["summary", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "tokenizer PSNR (dB, val, 256 px)             19.25" in res.output
+    assert "EMA weights" in res.output and "256 px" in res.output and "metrics.jsonl" in res.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["timings_s"] == {"train-tokenizer": 300, "sample": 12} and summary["metrics"]["tokenizer rFID (val, 256 px)"] == 332.0

@@ -210,3 +210,28 @@ def test_tokenizer_mode_uses_encoder_weights_file(batches, tmp_path):
                     "--encoder-weights", tmp_path / "nope.pth"])
     assert missing.exit_code != 0
     assert "nope.pth" in missing.output
+
+
+def test_input_caveats_print_before_the_work_even_when_it_then_fails(batches, tmp_path):
+    root, _, _, _ = batches
+    bad_weights = tmp_path / "not_inception.pth"
+    torch.save({"junk.weight": torch.zeros(1)}, bad_weights)
+    res = runner.invoke(app, ["evaluate", str(root / "samples.npz"), "--ref", str(root / "ref.npz"),
+                              "--inception-weights", str(bad_weights), "--no-progress"])
+    assert res.exit_code == 2
+    out = res.output
+    assert "warning: samples: 5 images < 50000" in out and "warning: reference: 4 images < 10000" in out
+    assert out.index("warning: samples:") < out.index("error:")  # shown although the evaluation then failed
+
+
+def test_library_warnings_become_one_line(capsys):
+    import warnings
+
+    from scipy.linalg import LinAlgWarning
+
+    from vfmtok.cli.common import warnings_as_lines
+
+    with warnings_as_lines():
+        warnings.warn(LinAlgWarning("Ill-conditioned matrix (rcond=1e-20): result may not be accurate."))
+    err = capsys.readouterr().err
+    assert err == "warning: Ill-conditioned matrix (rcond=1e-20): result may not be accurate.\n"

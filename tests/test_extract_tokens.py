@@ -329,3 +329,29 @@ def test_cli_extracts_prepared_data_same_codes_as_folder(tmp_path, tiny_run, ima
     dataset = tsr.TokenDataset(tmp_path / "a")
     assert (dataset.num_classes, dataset.vocab_size, dataset.grid_size, len(dataset)) == (2, 1024, 8, 5)
     assert dataset.classes == ["n01440764", "n01443537"]
+
+
+def test_cli_rerun_after_fixing_a_bad_file_resumes_over_the_same_images(tmp_path, tiny_run, image_folder):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from vfmtok.cli.main import app
+
+    folder = tmp_path / "folder"
+    shutil.copytree(image_folder, folder)
+    bad = folder / "n01443537" / "img2.JPEG"  # the last image: batches before it are written first
+    good_bytes = bad.read_bytes()
+    bad.write_bytes(good_bytes[: len(good_bytes) // 3])  # truncated JPEG
+    out = tmp_path / "store"
+    args = ["extract-tokens", str(folder), str(out), "--tokenizer", str(tiny_run), "--batch-size", "2",
+            "--num-workers", "0", "--device", "cpu", "--no-progress"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code != 0 and "img2.JPEG" in first.output + str(first.exception)
+    assert not tsf.read_manifest(out)["complete"]
+    bad.write_bytes(good_bytes)  # the user fixes the file (its size changes back)
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0, second.output
+    ref = tmp_path / "ref"
+    assert CliRunner().invoke(app, [args[0], str(image_folder), str(ref), *args[3:]]).exit_code == 0
+    np.testing.assert_array_equal(np.load(out / "codes.npy"), np.load(ref / "codes.npy"))

@@ -5,9 +5,11 @@ below so the names, defaults and help texts stay identical across commands.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
 from enum import Enum
-from typing import Annotated, NoReturn
+from typing import Annotated, Iterator, NoReturn
 
 import typer
 
@@ -43,6 +45,23 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Print one clear error line to stderr and exit with `code` (no traceback)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Print every Python warning raised inside as one `warning: ...` line on stderr, when it is raised.
+
+    Used around long jobs so that a caveat about the inputs (too few samples, a resize) shows before the work,
+    not after it, and library warnings (e.g. scipy's LinAlgWarning) appear as one readable line, not a raw
+    `file:line: Category: ...` block.
+    """
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 (warnings' signature)
+        typer.echo(f"warning: {message}", err=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        yield
 
 
 def not_landed(command: str, issue: int) -> NoReturn:

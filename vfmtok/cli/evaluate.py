@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from vfmtok.cli.common import DeviceOpt, MixedPrecision, PrecisionOpt, SeedOpt, fail
+from vfmtok.cli.common import DeviceOpt, MixedPrecision, PrecisionOpt, SeedOpt, fail, warnings_as_lines
 
 
 def command(
@@ -69,8 +68,7 @@ def command(
         for role, path in (("samples", samples), ("reference", ref)):
             info = validate_image_npz(path, role)
             typer.echo(f"{role}: {info.path}  N={info.count}  {info.height}x{info.width}")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with warnings_as_lines():
             result = evaluate_samples(
                 samples, ref, inception_weights=inception_weights, batch_size=batch_size, device=device,
                 mixed_precision=mixed_precision.value, allow_resize=allow_resize, is_shuffle_seed=None if no_is_shuffle else is_shuffle_seed,
@@ -78,9 +76,6 @@ def command(
             )
     except (EvaluationInputError, InceptionWeightsNotFound, InceptionWeightsError, ValueError) as err:
         fail(str(err))
-    for item in caught:
-        if issubclass(item.category, UserWarning):
-            typer.echo(f"warning: {item.message}", err=True)
     w = result["inception_weights"]
     typer.echo(f"inception weights: {w['path']} sha256={w['sha256']} origin={w['origin']}")
     typer.echo(f"reference statistics: {result['reference']['statistics']}")
@@ -100,11 +95,12 @@ def _tokenizer_mode(tokenizer: Path, data: Path, inception_weights: Optional[Pat
     from vfmtok.metrics.weights import InceptionWeightsError, InceptionWeightsNotFound
 
     try:
-        result = evaluate_tokenizer(str(tokenizer), str(data), inception_weights=inception_weights,
-                                    batch_size=batch_size, limit=limit, device=device,
-                                    is_shuffle_seed=is_shuffle_seed, fid_method=fid_method,
-                                    encoder_weights=None if encoder_weights is None else str(encoder_weights),
-                                    progress=progress)
+        with warnings_as_lines():
+            result = evaluate_tokenizer(str(tokenizer), str(data), inception_weights=inception_weights,
+                                        batch_size=batch_size, limit=limit, device=device,
+                                        is_shuffle_seed=is_shuffle_seed, fid_method=fid_method,
+                                        encoder_weights=None if encoder_weights is None else str(encoder_weights),
+                                        progress=progress)
     except (FileNotFoundError, InceptionWeightsNotFound, InceptionWeightsError, ValueError) as err:
         fail(str(err))
     typer.echo(f"tokenizer: {tokenizer}  image size {result['image_size']}  codebook {result['codebook_size']}")

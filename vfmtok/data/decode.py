@@ -15,7 +15,8 @@ goes through :func:`decode_image`, so a picture gives the same pixels everywhere
    (Adobe-inverted CMYK JPEGs are un-inverted by Pillow's decoder).
 5. Modes: ``L``/``1``/``I;16*``/``I``/``F`` grey -> replicated to RGB; 16-bit data is **scaled**
    (``round(v * 255 / 65535)``), never clipped; ``I``/``F`` are scaled from their own type range
-   (``I``: 0..65535 as written by 16-bit PNG/TIFF decoders; ``F``: 0.0..1.0, clipped outside).
+   (``I``: 0..65535 as written by 16-bit PNG/TIFF decoders; ``F``: 0.0..1.0, clipped outside, unless its
+   maximum exceeds 2.0: then the file holds 0..255 floats, which are rounded and clipped to 0..255; NaN -> 0).
    ``P`` (palette) -> its RGB colours; ``P`` with a transparent index, ``RGB``/``L`` with a colour-key
    (PNG ``tRNS``), ``PA``, ``LA``, ``La``, ``RGBA``, ``RGBa`` -> **alpha-composited on white**
    (255, 255, 255): a transparent pixel shows white, the
@@ -40,6 +41,9 @@ __all__ = ["IMAGE_EXTENSIONS", "ALPHA_BACKGROUND", "DecodeError", "DecodedImage"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                               ".pbm", ".pnm"})
 """File extensions (lower-case) treated as image candidates by the dataset layouts."""
+
+FLOAT_UNIT_RANGE_MAX = 2.0
+"""A float (mode ``F``) image whose maximum exceeds this is taken as 0..255 data, else as 0..1 data."""
 
 ALPHA_BACKGROUND = (255, 255, 255)
 """Colour that transparent pixels are composited on (white)."""
@@ -135,8 +139,11 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, bool]:
         grey = np.clip(np.asarray(image).astype(np.float64), 0, 65535)
         return _grey_to_rgb(np.round(grey * (255.0 / 65535.0)).astype(np.uint8)), True
     if mode == "F":
-        grey = np.clip(np.asarray(image).astype(np.float64), 0.0, 1.0)
-        return _grey_to_rgb(np.round(grey * 255.0).astype(np.uint8)), True
+        grey = np.asarray(image).astype(np.float64)
+        top = float(np.nanmax(grey)) if grey.size else 0.0
+        scale = 1.0 if top > FLOAT_UNIT_RANGE_MAX else 255.0  # a 0..255 float image, else 0..1
+        grey = np.clip(np.nan_to_num(grey, nan=0.0), 0.0, 255.0 / scale)
+        return _grey_to_rgb(np.round(grey * scale).astype(np.uint8)), True
     raise DecodeError(f"unsupported image mode {mode!r}")
 
 

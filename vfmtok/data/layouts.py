@@ -223,6 +223,22 @@ def _walk_files(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
+def _val_classes_from_train(train_root: Path, val_classes: list[str]) -> list[str]:
+    """The class index of an ImageNet root's val split: its train/ class folders, so label k names the same class.
+
+    Raises:
+        LayoutError: val holds classes that train/ lacks (names them).
+    """
+    train_classes = sorted(e for e in os.listdir(train_root) if _visible(e) and (train_root / e).is_dir())
+    if not train_classes:
+        return val_classes
+    extra = sorted(set(val_classes) - set(train_classes))
+    if extra:
+        raise LayoutError(f"val holds {len(extra)} class(es) that {train_root} does not: {extra[:10]}"
+                          f"{' ...' if len(extra) > 10 else ''}; pass the class index to use with --classes FILE")
+    return train_classes
+
+
 def discover(src: str | os.PathLike, split: str = "train", classes: list[str] | None = None,
              labels_file: str | os.PathLike | None = None,
              synsets_file: str | os.PathLike | None = None) -> SourceList:
@@ -232,6 +248,8 @@ def discover(src: str | os.PathLike, split: str = "train", classes: list[str] | 
         src: class-folder dataset or ImageNet root (module docstring).
         split: ``"train"`` or ``"val"`` (chooses the sub-folder of an ImageNet root).
         classes: a fixed class index (e.g. the train ``classes.json``); files of other classes are refused.
+            Default: the sorted class names found; for the val split of an ImageNet root with a ``train/``
+            folder, train's class folders (so val labels never renumber when val lacks some classes).
         labels_file: ``LOC_val_solution.csv`` or ``ILSVRC2012_validation_ground_truth.txt`` for a flat folder
             (default: searched in the split root, its 4 parents and their ``ILSVRC2012_devkit_t12/data``).
         synsets_file: devkit ``meta.mat`` or synset list for the ground-truth file (default: ``meta.mat`` beside it).
@@ -241,10 +259,11 @@ def discover(src: str | os.PathLike, split: str = "train", classes: list[str] | 
         loose files beside class folders and flat files without a label are kept with a ``reject`` reason.
 
     Raises:
-        LayoutError: no files, a flat folder without a label file, or classes outside ``classes``.
+        LayoutError: no files, a flat folder without a label file, classes outside ``classes``, or (val of an
+            ImageNet root) classes that its ``train/`` folder lacks.
     """
     src = Path(src).resolve()
-    root, _ = resolve_split_root(src, split)
+    root, is_imagenet_root = resolve_split_root(src, split)
     entries = sorted(e for e in os.listdir(root) if _visible(e))
     subdirs = [e for e in entries if (root / e).is_dir()]
     items: list[SourceItem] = []
@@ -295,5 +314,7 @@ def discover(src: str | os.PathLike, split: str = "train", classes: list[str] | 
         final_classes = list(classes)
     else:
         final_classes = sorted(found_classes)
+        if split == "val" and is_imagenet_root and (src / "train").is_dir():
+            final_classes = _val_classes_from_train(src / "train", final_classes)
     return SourceList(root=root, layout=layout, items=items, classes=final_classes, labels_file=labels_path,
                       synsets_file=synsets_path)

@@ -327,6 +327,12 @@ def _fmt(value) -> str:
     return str(value)
 
 
+PSNR_NOTE = ("the tokenizer PSNR above differs from the psnr in the training log (runs/tokenizer/metrics.jsonl): "
+             "it is measured on held-out val crops with the EMA weights, after both images are converted to uint8 and "
+             "resized to 256 px as `vfmtok evaluate` does; the log's is the raw model's, on the training batch, at the "
+             "tokenizer's own resolution, in [-1, 1] floats.")
+
+
 @app.command("summary")
 def summary_cmd(out: Annotated[Path, typer.Argument(help="demo output folder")]) -> None:
     """Print the demo's final table: each metric and each step's wall time; write OUT/summary.json."""
@@ -364,6 +370,7 @@ def summary_cmd(out: Annotated[Path, typer.Argument(help="demo output folder")])
     typer.echo(f"{'total':<44} {sum(s for _, s in timings)}")
     typer.echo(f"\nreconstructions (inputs above, reconstructions below): {out / 'recon_grid.png'}")
     typer.echo(f"samples (one row per class): {out / 'sample_grid.png'}")
+    typer.echo(f"note: {PSNR_NOTE}")
     typer.echo("note: demo-scale numbers (tens of images, minutes of CPU training) are a smoke test, "
                "not comparable to the paper's ImageNet figures.")
     summary = {"metrics": dict(metrics_rows), "timings_s": dict(timings),

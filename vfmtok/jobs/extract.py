@@ -192,7 +192,9 @@ def open_image_source(path: str | Path, split: str = "train") -> DatasetSource:
 
     Prepared data: `PreparedDataset`, fingerprint = sha256 of its manifest.json. Image folder (any layout of
     `vfmtok.data.layouts.discover`, `split` picks train/ or val/ of an ImageNet root): `ImageFolderDataset`,
-    fingerprint = sha256 of the listing (relative path, label, byte size per file).
+    fingerprint = sha256 of the listing (relative path and label per file): the images a store is made of, so a
+    rerun after a corrected or replaced file resumes over the same images; the byte sizes are recorded beside it
+    (`sizes_sha256`, provenance only).
 
     Raises:
         FileNotFoundError: `path` does not exist. ValueError / LayoutError: unusable data (message says why).
@@ -208,13 +210,15 @@ def open_image_source(path: str | Path, split: str = "train") -> DatasetSource:
                 "manifest_sha256": hashing.sha256_file(root / "manifest.json")}
         return DatasetSource(dataset, desc, desc["manifest_sha256"])
     dataset = ImageFolderDataset(root, split=split, transform=_keep_pil)
-    digest = hashlib.sha256()
+    digest, sizes = hashlib.sha256(), hashlib.sha256()
     base = root.resolve()
     for file, label in dataset.items:
         file = Path(file)
         rel = file.relative_to(base).as_posix() if file.is_relative_to(base) else str(file)
-        digest.update(f"{rel}|{label}|{file.stat().st_size}\n".encode())
-    desc = {"kind": "image-folder", "path": str(base), "split": split, "listing_sha256": digest.hexdigest()}
+        digest.update(f"{rel}|{label}\n".encode())
+        sizes.update(f"{rel}|{file.stat().st_size}\n".encode())
+    desc = {"kind": "image-folder", "path": str(base), "split": split, "listing_sha256": digest.hexdigest(),
+            "sizes_sha256": sizes.hexdigest()}
     return DatasetSource(dataset, desc, digest.hexdigest(), paths=[p for p, _ in dataset.items])
 
 
