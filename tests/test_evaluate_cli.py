@@ -235,3 +235,23 @@ def test_library_warnings_become_one_line(capsys):
         warnings.warn(LinAlgWarning("Ill-conditioned matrix (rcond=1e-20): result may not be accurate."))
     err = capsys.readouterr().err
     assert err == "warning: Ill-conditioned matrix (rcond=1e-20): result may not be accurate.\n"
+
+
+def test_samples_given_as_a_run_folder_use_its_newest_samples_npz(batches, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    root, weights, _, _ = batches
+    run = tmp_path / "runs" / "ar-1"
+    for name, age in (("old", 100), ("new", 0)):
+        (run / "samples" / name).mkdir(parents=True)
+        shutil.copy(root / "samples.npz", run / "samples" / name / "samples.npz")
+        os.utime(run / "samples" / name / "samples.npz", (1e9 - age, 1e9 - age))
+    res = runner.invoke(app, ["evaluate", str(run), "--ref", str(root / "ref.npz"), "--inception-weights",
+                              str(weights), "--no-progress", "--fid-method", "eigh"])
+    assert res.exit_code == 0, res.output
+    assert f"samples: {run / 'samples' / 'new' / 'samples.npz'} (newest samples.npz under {run})" in res.output
+    monkeypatch.chdir(tmp_path)
+    missing = runner.invoke(app, ["evaluate", "samples.npz", "--ref", str(root / "ref.npz")])
+    assert missing.exit_code == 2
+    assert "SAMPLES samples.npz: file not found; the newest samples are runs/ar-1/samples/new/samples.npz" in missing.output

@@ -292,3 +292,20 @@ def test_grad_checkpointing_trains_the_same_weights(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
     assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["train"]["grad_checkpointing"] is True
+
+
+def test_default_batch_fits_a_small_store_and_a_long_run_is_announced(tmp_path, caplog, monkeypatch):
+    import logging
+
+    import vfmtok.jobs.train_ar as job
+
+    store = make_store(tmp_path / "store", n=21)  # 17 training images after holding out 4: far below 512
+    monkeypatch.setattr(job, "LONG_RUN_HOURS", 0.0)  # any remaining time counts as long
+    with caplog.at_level(logging.WARNING, logger="vfmtok"):
+        res = train_ar(cfg_for(store, tmp_path / "run", batch_size=None, steps=14, val_count=4))
+    assert res.result.step == 14
+    settings = json.loads((tmp_path / "run" / "train_settings.json").read_text())
+    assert settings["train"]["batch_size"] == 17
+    text = caplog.text
+    assert "batch size 17 (the training split holds 17 images" in text
+    assert "the remaining 3 steps take about" in text and "GPT-tiny" in text  # measured over steps 1..11

@@ -11,7 +11,9 @@ from vfmtok.cli.common import DeviceOpt, MixedPrecision, PrecisionOpt, SeedOpt, 
 
 
 def command(
-    samples: Annotated[Optional[Path], typer.Argument(help="Sample batch npz (arr_0 uint8 N x H x W x 3).")] = None,
+    samples: Annotated[Optional[Path], typer.Argument(
+        help="Sample batch npz (arr_0 uint8 N x H x W x 3), or a folder (a GPT run, a sample folder): its newest "
+             "samples.npz is used (printed).")] = None,
     ref: Annotated[Optional[Path], typer.Option("--ref", help="Reference batch npz, e.g. VIRTUAL_imagenet256_labeled.npz.")] = None,
     inception_weights: Annotated[Optional[Path], typer.Option(
         "--inception-weights",
@@ -57,6 +59,7 @@ def command(
         return
     if samples is None or ref is None:
         fail("usage: vfmtok evaluate SAMPLES.npz --ref REF.npz, or vfmtok evaluate --tokenizer RUN --data DATA")
+    samples = _resolve_samples(samples)
     from vfmtok.jobs.evaluate import EvaluationInputError, evaluate_samples, format_adm_lines
     from vfmtok.metrics.reference import validate_image_npz
     from vfmtok.metrics.weights import InceptionWeightsError, InceptionWeightsNotFound
@@ -85,6 +88,29 @@ def command(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2) + "\n")
         typer.echo(f"wrote {json_out}")
+
+
+def _newest_samples(folder: Path, max_depth: int = 4) -> Optional[Path]:
+    """The newest (mtime) `samples.npz` at most `max_depth` folders below `folder`, or None."""
+    found = [p for depth in range(max_depth + 1) for p in folder.glob("/".join(["*"] * depth + ["samples.npz"]))]
+    return max(found, key=lambda p: (p.stat().st_mtime, str(p))) if found else None
+
+
+def _resolve_samples(samples: Path) -> Path:
+    """SAMPLES as given: a file is used as is; a folder gives its newest samples.npz; a missing file fails with
+    the newest samples.npz under ./runs as the one-line fix."""
+    if samples.is_dir():
+        newest = _newest_samples(samples)
+        if newest is None:
+            fail(f"SAMPLES {samples}: no samples.npz in this folder or below; run `vfmtok sample --ckpt RUN` first")
+        typer.echo(f"samples: {newest} (newest samples.npz under {samples})")
+        return newest
+    if not samples.exists():
+        hint = _newest_samples(Path("runs")) if Path("runs").is_dir() else None
+        fix = (f"the newest samples are {hint}: `vfmtok evaluate {hint} --ref ...`" if hint is not None else
+               "`vfmtok sample` prints where it writes samples.npz (by default under the GPT run's samples/ folder)")
+        fail(f"SAMPLES {samples}: file not found; {fix}")
+    return samples
 
 
 def _tokenizer_mode(tokenizer: Path, data: Path, inception_weights: Optional[Path], json_out: Optional[Path],

@@ -39,9 +39,10 @@ def command(
                                               "(class folders, or an ImageNet root with --split).")],
     out: Annotated[Path, typer.Argument(help="Token store directory (created; an unfinished store with the same "
                                              "settings is resumed).")],
-    tokenizer: Annotated[Path, typer.Option(
+    tokenizer: Annotated[Optional[Path], typer.Option(
         "--tokenizer", help="Tokenizer: a train-tokenizer run directory, a .safetensors file (config.json beside "
-                            "it), or the authors' vfmtok-tokenizer.pt.")],
+                            "it), or the authors' vfmtok-tokenizer.pt. Default: the newest tokenizer run under "
+                            "./runs (printed).")] = None,
     aug: Annotated[Aug, typer.Option(
         "--aug", metavar="MODE", help="Views per image: none (ADM centre crop), flip (+ its mirror: 2), ten-crop "
                                       "(LlamaGen: 5 crops of a 1.1x centre crop + their mirrors: 10).")] = Aug.none,
@@ -76,6 +77,16 @@ def command(
     """
     from vfmtok.jobs.extract import ExtractOptions, StoreMismatchError, extract_tokens, open_image_source
 
+    if tokenizer is None:
+        from vfmtok.io.runs import find_latest_run
+        from vfmtok.models.tokenizer_io import FORMAT as TOKENIZER_FORMAT
+
+        tokenizer = find_latest_run("runs", "tokenizer.safetensors", TOKENIZER_FORMAT)
+        if tokenizer is None:
+            fail("no --tokenizer given and no tokenizer run under ./runs: train one first (`vfmtok train-tokenizer "
+                 f"{data}` writes runs/tokenizer-tiny), or pass --tokenizer vfmtok-tokenizer.pt (the authors' file, "
+                 "docs/reproduce.md)")
+        typer.echo(f"tokenizer: {tokenizer} (newest tokenizer run under ./runs; --tokenizer to choose)")
     if not tokenizer.exists():
         fail(f"--tokenizer {tokenizer}: not found (a run directory, .safetensors file, or vfmtok-tokenizer.pt)")
     if encoder_weights is not None and not encoder_weights.is_file():

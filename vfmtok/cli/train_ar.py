@@ -41,7 +41,9 @@ def command(
     epochs: Annotated[Optional[float], typer.Option(
         "--epochs", help="Run length in epochs of the training split (default: the paper's 300 for B/L, "
                          "200 for XL and larger).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch (sequences per step, all ranks).")] = 512,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", help="Global batch (sequences per step, all ranks). Default: the paper's 512, or what a "
+                             "smaller training split holds.")] = None,
     grad_accum: Annotated[int, typer.Option("--grad-accum", help="Micro-batches per optimizer step.")] = 1,
     lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate (constant, no warm-up).")] = 1e-4,
     weight_decay: Annotated[float, typer.Option(

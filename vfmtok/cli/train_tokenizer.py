@@ -44,7 +44,8 @@ def _parse_overrides(items: list[str]) -> dict:
 
 def command(
     data: Annotated[Path, typer.Argument(help="Prepared data (prepare-data output) or an image folder (class folders / ImageNet root).")],
-    out: Annotated[Path, typer.Option("--out", help="Run directory (created).")],
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Run directory (created). Default: runs/tokenizer-<preset> (where extract-tokens looks).")] = None,
     preset: Annotated[str, typer.Option("--preset", help="Tokenizer preset: tiny | vfmtok-l.")] = "tiny",
     steps: Annotated[Optional[int], typer.Option("--steps", help="Total optimizer steps of the run (a resumed run stops there).")] = None,
     epochs: Annotated[Optional[float], typer.Option("--epochs", help="Length in epochs when --steps is not given (default 1; paper 50).")] = None,
@@ -88,6 +89,9 @@ def command(
     from vfmtok.losses import TokenizerLossConfig
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if out is None:
+        out = Path("runs") / f"tokenizer-{preset}"
+        typer.echo(f"run directory: {out} (--out to choose)")
     if steps is not None and steps < 1:
         fail(f"--steps must be >= 1, got {steps}")
     if batch_size < 1 or grad_accum < 1:

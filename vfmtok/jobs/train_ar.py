@@ -46,6 +46,9 @@ SETTINGS_FILE = "train_settings.json"  # written at the start of a run, checked 
 VAL_SPLIT_SEED = 20250711  # the held-out split depends only on N and the val count, never on --seed
 TIME_DEPENDENT_KEYS = ("images_per_s", "sec_per_step", "time", "tokens_per_s", "mfu", "val_sec")
 # Epochs of the paper's runs (reference/vfmtok.md 3.2): 300 for B and L, 200 for the larger models.
+DEFAULT_BATCH_SIZE = 512  # the paper's global batch
+LONG_RUN_HOURS = 3.0  # warn when the measured speed puts the run above this
+ETA_CHECK_STEPS = 10  # steps timed before the run-length check
 PAPER_EPOCHS = {"GPT-B": 300, "GPT-L": 300, "GPT-XL": 200, "GPT-XXL": 200, "GPT-2B": 200, "GPT-3B": 200}
 
 # Dense (no sparsity) bf16 tensor-core peaks in FLOP/s per GPU, from the vendors' datasheets. Matched in order
@@ -81,7 +84,9 @@ class TrainARConfig:
         model: GPT preset name (`vfmtok.models.gpt_config.GPT_PRESETS`).
         steps / epochs: length of the whole run in optimizer steps, or in epochs over the training split
             (at most one; neither -> the paper's epochs for the preset, 300 for GPT-tiny).
-        batch_size: global batch (sequences per optimizer step over all ranks and micro-batches).
+        batch_size: global batch (sequences per optimizer step over all ranks and micro-batches); None: the
+            paper's 512, or the largest multiple of (processes x grad_accum) that the training split holds when it
+            holds fewer than 512 images (so small own datasets train as typed).
         grad_accum: micro-batches per optimizer step.
         lr, weight_decay, betas, grad_clip, ema_decay: optimiser recipe (weight decay on >= 2-D params only).
         val_fraction / val_count: size of the held-out split (val_count wins when given); 0 disables validation.
@@ -114,7 +119,7 @@ class TrainARConfig:
     model: str = "GPT-B"
     steps: int | None = None
     epochs: float | None = None
-    batch_size: int = 512
+    batch_size: int | None = None
     grad_accum: int = 1
     lr: float = 1e-4
     weight_decay: float = 0.05
@@ -155,7 +160,7 @@ class TrainARConfig:
         if self.epochs is not None and not self.epochs > 0:
             raise ValueError(f"--epochs {self.epochs}: expected > 0")
         for name in ("batch_size", "grad_accum", "log_every"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected >= 1")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction {self.val_fraction}: expected in [0, 1)")
@@ -326,6 +331,16 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
         raise TokenStoreError(f"--val-count {val_count} leaves no training images in {info.path} "
                               f"({info.num_images} images)")
     train_idx, val_idx = split_indices(info.num_images, val_count)
+    if cfg.batch_size is None:
+        unit = world * cfg.grad_accum
+        fitted = min(DEFAULT_BATCH_SIZE, len(train_idx) // unit * unit)
+        if fitted < 1:
+            raise TokenStoreError(f"{info.path}: {len(train_idx)} training images cannot fill one batch of "
+                                  f"{unit} (processes x --grad-accum)")
+        if fitted < DEFAULT_BATCH_SIZE:
+            log.warning("train-ar: batch size %d (the training split holds %d images, fewer than the paper's %d; "
+                        "--batch-size to choose)", fitted, len(train_idx), DEFAULT_BATCH_SIZE)
+        cfg = dataclasses.replace(cfg, batch_size=fitted)
     if len(train_idx) < cfg.batch_size:
         raise TokenStoreError(f"{info.path}: {len(train_idx)} training images (after holding out {val_count}) are "
                               f"fewer than one global batch of {cfg.batch_size}; use a smaller --batch-size")
@@ -412,10 +427,27 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
     validator = _Validator(val_codes, val_labels, cfg.val_batch_size or micro, cfg.val_ema) if val_count else None
     peak = device_peak_flops(accelerator.device, cfg.peak_tflops)
     clock = {"t": time.perf_counter(), "steps": 0}
+    eta = {"t0": None, "step0": None, "done": False}
     last: dict[str, Any] = {}
+
+    def check_run_length(tr: Trainer, step: int) -> None:
+        """Once, after ETA_CHECK_STEPS timed steps: warn when the run would take longer than LONG_RUN_HOURS."""
+        if eta["t0"] is None:
+            eta.update(t0=time.perf_counter(), step0=step)
+            return
+        if eta["done"] or step - eta["step0"] < ETA_CHECK_STEPS:
+            return
+        eta["done"] = True
+        sec_per_step = (time.perf_counter() - eta["t0"]) / (step - eta["step0"])
+        hours = sec_per_step * (total_steps - step) / 3600
+        if hours > LONG_RUN_HOURS and tr.accelerator.is_main_process:
+            log.warning("train-ar: at %.3g s/step on %s the remaining %d steps take about %.1f hours; for a quick run "
+                        "choose a smaller --model (e.g. GPT-tiny) or fewer --steps / --epochs", sec_per_step,
+                        tr.device, total_steps - step, hours)
 
     def after_step(tr: Trainer, record: dict[str, Any]) -> None:
         step = tr.step + 1
+        check_run_length(tr, step)
         clock["steps"] += 1
         if step % cfg.log_every and step != total_steps:
             return

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vfmtok.io.files import read_json_dict
+from vfmtok.io.runs import find_latest_run
 
 GPT_FORMAT = "vfmtok.gpt"
 
@@ -38,21 +39,12 @@ def find_latest_gpt_run(root: str | Path = "runs", max_depth: int = 3) -> Path:
     Raises:
         FileNotFoundError: `root` missing or no GPT run in it (says how to pass --ckpt).
     """
-    root = Path(root)
-    found: list[tuple[float, Path]] = []
-    for depth in range(1, max_depth + 1):
-        for weights in root.glob("/".join(["*"] * depth) + "/model.safetensors"):
-            run = weights.parent
-            if "checkpoints" in run.relative_to(root).parts:
-                continue
-            cfg = read_json_dict(run / "config.json")
-            if cfg is not None and cfg.get("format") == GPT_FORMAT:
-                found.append((weights.stat().st_mtime, run))
-    if not found:
-        raise FileNotFoundError(f"no GPT run found under {root.resolve()} (a folder with model.safetensors and a "
+    run = find_latest_run(root, "model.safetensors", GPT_FORMAT, max_depth)
+    if run is None:
+        raise FileNotFoundError(f"no GPT run found under {Path(root).resolve()} (a folder with model.safetensors and a "
                                 f"config.json of format {GPT_FORMAT!r}); train one with `vfmtok train-ar` or pass "
                                 "--ckpt RUN_DIR | model.safetensors | GPT-*.pt")
-    return max(found, key=lambda item: (item[0], str(item[1])))[1]
+    return run
 
 
 def _gpt_run_config(gpt: Path) -> dict[str, Any] | None:
