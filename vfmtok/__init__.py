@@ -14,6 +14,8 @@ _LAZY = {
     "load_tokenizer": ("vfmtok.models.tokenizer", "load_tokenizer"),
     "create_gpt": ("vfmtok.models.gpt", "create_gpt"),
     "load_gpt": ("vfmtok.models.gpt", "load_gpt"),
+    "create_rar": ("vfmtok.models.rar_io", "create_rar"),
+    "load_rar": ("vfmtok.models.rar_io", "load_rar"),
     "generate": ("vfmtok.sampling", "generate"),
 }
 
