@@ -14,6 +14,8 @@ _LAZY = {
     "load_tokenizer": ("vfmtok.models.tokenizer_io", "load_tokenizer"),
     "create_gpt": ("vfmtok.models.gpt_io", "create_gpt"),
     "load_gpt": ("vfmtok.models.gpt_io", "load_gpt"),
+    "create_rar": ("vfmtok.models.rar_io", "create_rar"),
+    "load_rar": ("vfmtok.models.rar_io", "load_rar"),
     "generate": ("vfmtok.sampling", "generate"),
 }
 

@@ -1,4 +1,4 @@
-"""Autoregressive decoding for the class-conditional GPT: KV cache, classifier-free guidance, filters.
+"""Autoregressive decoding for the class-conditional GPT and RAR: KV cache, classifier-free guidance, filters.
 
 Conventions (reference/vfmtok.md section 4 and checkpoints/README.md 3.5, the authors' LlamaGen sampler):
 
@@ -16,6 +16,11 @@ Conventions (reference/vfmtok.md section 4 and checkpoints/README.md 3.5, the au
 * s = 1 runs a single conditional pass; s = 0 (constant schedule, no interval) a single null-class pass
   (the unconditional model); s < 0 is rejected. Deviation: the official sampler treats every s <= 1 as "no
   guidance"; here 0 < s < 1 interpolates between the unconditional and conditional logits.
+* RAR (`vfmtok.models.rar.RAR`, the authors' VFMTok-RAR sampler): raster order, guidance with the cosine
+  schedule whenever their S != 0, so `cfg_schedule="cosine", cfg_scale=S, cfg_power=p` reproduces it for
+  S > 0 (S = 1 is conditional sampling in both). Their S = 0 means "no guidance" (conditional sampling):
+  use cfg_scale = 1 here; our s = 0 with the cosine schedule ramps from 1 down to 0 instead. Negative S
+  (allowed there) is rejected here.
 * Token choice: temperature T = 0 -> argmax of the guided logits (filters are irrelevant). Otherwise
   logits / T, then top-k (keep logits >= the k-th largest; k = 0 or k >= vocab: off), then top-p on the
   temperature-scaled, top-k-filtered distribution (keep the smallest set of most probable tokens whose
@@ -212,7 +217,9 @@ def generate(
     """Generate image-token sequences for class labels (conventions in the module docstring).
 
     Args:
-        gpt: a `vfmtok.models.gpt.GPT` (any device/dtype; put in eval mode for the call, then restored).
+        gpt: a `vfmtok.models.gpt.GPT` or `vfmtok.models.rar.RAR` (any device/dtype; put in eval mode for the
+            call, then restored). Any model works that has `config.seq_len`, `config.num_classes` (the null
+            class id), `setup_cache`, `prefill`, `decode`, `reset_cache` and `forward(tokens, labels)[0]`.
         labels: (B,) class ids in [0, num_classes).
         cfg_scale: guidance scale s >= 0 (1 = none, single pass; 0 = unconditional).
         temperature: T >= 0; 0 = argmax.
@@ -245,7 +252,7 @@ def generate(
     if len(indices) != batch or any(i < 0 for i in indices):
         raise ValueError(f"sample_indices must hold {batch} non-negative ints, got {len(indices)} values")
 
-    device = gpt.output.weight.device
+    device = next(gpt.parameters()).device  # GPT and RAR keep all parameters on one device
     if batch == 0:
         return torch.empty(0, seq_len, dtype=torch.long, device=device)
     uniforms = sample_uniforms(seed, indices, seq_len).to(device) if temperature > 0 else None

@@ -21,6 +21,8 @@ from vfmtok.io.state import floats_to_float32, strict_load
 from vfmtok.io.weights import load_official_pt, pick_state_dict, save_safetensors
 from vfmtok.models.gpt import GPT
 from vfmtok.models.gpt_config import GPT_PRESETS, PRESET_SHAPES, GPTConfig
+from vfmtok.models.rar import RAR
+from vfmtok.models.rar_io import is_rar_checkpoint, load_rar
 
 
 CONFIG_FILE = "config.json"
@@ -92,12 +94,14 @@ def save_gpt(model: GPT, out_dir: str | Path) -> Path:
     return path
 
 
-def load_gpt(path: str | Path, **overrides: Any) -> GPT:
+def load_gpt(path: str | Path, **overrides: Any) -> GPT | RAR:
     """Load a GPT (eval mode, fp32, CPU) from our run dir, a `.safetensors` file, or the authors' `GPT-*.pt`.
 
     Accepted inputs:
       * a directory holding `model.safetensors` and `config.json` (written by `save_gpt` / train-ar);
       * a `.safetensors` file whose config is in `config.json` beside it or in its own metadata;
+      * a RAR generator (run dir or `.safetensors`, ours or the authors', `vfmtok.models.rar_io.is_rar_checkpoint`)
+        is handed to `vfmtok.models.rar_io.load_rar` and a `RAR` is returned (same decoding protocol);
       * the authors' checkpoint (`ema` entry, else `model`), read with `torch.load(weights_only=True)`.
         Its config is inferred: dim/vocab/classes/layers/FFN width from shapes, heads from the preset named
         in `args.gpt_model`, in the file name (`GPT-L-300e.pt`), or the preset with the same dim and depth;
@@ -115,6 +119,8 @@ def load_gpt(path: str | Path, **overrides: Any) -> GPT:
     """
 
     path = Path(path)
+    if is_rar_checkpoint(path):  # RAR run dir or safetensors (ours or the authors'): same sampling protocol
+        return load_rar(path, **overrides)
     if path.is_dir():
         weights = path / WEIGHTS_FILE
         if not weights.is_file():
