@@ -75,8 +75,8 @@ def command(
     --overwrite. The store feeds `vfmtok train-ar --tokens OUT`. Extraction is deterministic, so --seed
     has no effect. See docs/token_store.md.
     """
-    from vfmtok.jobs.extract import ExtractOptions, StoreMismatchError, extract_tokens, open_image_source
-
+    if not data.is_dir():
+        fail(f"DATA {data}: not a folder (expected prepared data or a folder of images)")
     if tokenizer is None:
         from vfmtok.io.runs import find_latest_run
         from vfmtok.models.tokenizer_io import FORMAT as TOKENIZER_FORMAT
@@ -91,6 +91,8 @@ def command(
         fail(f"--tokenizer {tokenizer}: not found (a run directory, .safetensors file, or vfmtok-tokenizer.pt)")
     if encoder_weights is not None and not encoder_weights.is_file():
         fail(f"--encoder-weights {encoder_weights}: file not found")
+    from vfmtok.jobs.extract import ExtractOptions, StoreMismatchError, extract_tokens, open_image_source
+
     try:
         source = open_image_source(data, split=split.value)
     except (FileNotFoundError, ValueError) as err:

@@ -89,8 +89,13 @@ def command(
     provenance), RUN/checkpoints/ and RUN/metrics.jsonl. Multi-GPU / multi-node: launch with torchrun or
     accelerate launch (DDP; add --fsdp to shard GPT-XXL and larger).
     """
-    from vfmtok.jobs.train_ar import TokenStoreError, TrainARConfig, train_ar
+    if not (tokens / "manifest.json").is_file():
+        fail(f"--tokens {tokens}: no token store there (no manifest.json); make one with `vfmtok extract-tokens "
+             "DATA OUT`")
+    if init_from is not None and not init_from.exists():
+        fail(f"--init-from {init_from}: not found")
     from vfmtok.engine.trainer import NonFiniteLossError
+    from vfmtok.jobs.train_ar import TokenStoreError, TrainARConfig, train_ar
 
     cfg = TrainARConfig(
         tokens=tokens, out=out, model=model, steps=steps, epochs=epochs, batch_size=batch_size,
