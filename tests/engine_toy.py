@@ -47,7 +47,7 @@ class ToyGen(nn.Module):
 
 def build(out: Path, steps: int, save_every: int = 2, global_batch: int = 8, grad_accum: int = 1,
           skip_nonfinite: bool = False, nan_at: int | None = None, sleep: float = 0.0, keep_last: int = 3,
-          print_every: int = 0) -> Trainer:
+          print_every: int = 0, mixed_precision: str = "no") -> Trainer:
     torch.manual_seed(123)  # model init (independent of the trainer's seeding)
     gen = ToyGen()
     disc = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
@@ -73,7 +73,7 @@ def build(out: Path, steps: int, save_every: int = 2, global_batch: int = 8, gra
             losses["disc"] = torch.relu(1 - d_real).mean() + torch.relu(1 + d_fake).mean()
         return StepOutput(losses, logs)
 
-    acc = make_accelerator("cpu")
+    acc = make_accelerator("cpu", mixed_precision, cpu_autocast=mixed_precision != "no")
     cfg = TrainerConfig(out_dir=out, total_steps=steps, global_batch=global_batch, grad_accum=grad_accum,
                         save_every=save_every, keep_last=keep_last, log_every=1, grad_clip=1.0,
                         skip_nonfinite=skip_nonfinite, seed=5, progress=False, print_every=print_every)

@@ -133,6 +133,11 @@ class TrainResult:
     skipped_steps: int = 0
 
 
+def _bare_optimizer(opt: Optimizer) -> Optimizer:
+    """The torch optimizer inside accelerate's `AcceleratedOptimizer` wrapper (itself when not wrapped)."""
+    return getattr(opt, "optimizer", opt)
+
+
 def seed_everything(seed: int) -> None:
     """Seed python `random`, numpy's global RNG and torch (CPU and CUDA) with `seed`."""
     import random
@@ -347,6 +352,15 @@ class Trainer:
         return self._stop_signal or int(signal.SIGTERM)
 
     # -- one optimizer step -------------------------------------------------------------------
+    def _scaler(self) -> Any:
+        """The fp16 `GradScaler` that `accelerator.backward` scales losses with, or None (fp32/bf16).
+
+        The trainer unscales, steps and updates it itself: accelerate's `clip_grad_norm_` unscales every prepared
+        optimizer on each call and its optimizer wrapper calls `scaler.update()` once per optimizer, which breaks
+        (and double-counts) with more than one optimizer (generator + discriminator).
+        """
+        return getattr(self.accelerator, "scaler", None)
+
     def _to_device(self, batch: Any) -> Any:
         if isinstance(batch, torch.Tensor):
             return batch.to(self.device, non_blocking=True)
@@ -382,12 +396,15 @@ class Trainer:
         if values is not None and self.world_size > 1:
             values = self.accelerator.reduce(values, reduction="mean")
         record: dict[str, Any] = dict(zip(keys, values.tolist())) if values is not None else {}
+        scaler = self._scaler()
         for name in stepped:
             opt = self.optimizers[name]
             record[f"lr_{name}"] = opt.param_groups[0]["lr"]
             params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-            if self.config.grad_clip:
-                norm = self.accelerator.clip_grad_norm_(params, self.config.grad_clip)
+            if scaler is not None:  # fp16: unscale this optimizer's gradients, once per step (not every optimizer's)
+                scaler.unscale_(_bare_optimizer(opt))
+            if self.config.grad_clip:  # DTensor-aware for FSDP2 gradients
+                norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
             elif name in self.fsdp_models:  # sharded gradients: the norm of the full gradient (collective)
                 norm = torch.nn.utils.get_total_norm([p.grad for p in params])
             else:
@@ -395,11 +412,13 @@ class Trainer:
             record[f"grad_norm_{name}"] = float(full_tensor(norm))
         # with fp16 loss scaling, inf gradients are expected while the scale calibrates: the GradScaler skips those
         # updates itself, so only the losses are checked then
-        checked = ("loss_",) if getattr(self.accelerator, "scaler", None) is not None else ("loss_", "grad_norm_")
+        checked = ("loss_",) if scaler is not None else ("loss_", "grad_norm_")
         bad = [k for k, v in record.items() if k.startswith(checked) and not math.isfinite(v)]
         if bad:
             for opt in self.optimizers.values():
                 opt.zero_grad(set_to_none=True)
+            if scaler is not None:  # forget this step's unscale_ records
+                scaler.update()
             if not self.config.skip_nonfinite:
                 last = latest_checkpoint(self.checkpoints)
                 record["nonfinite"] = bad
@@ -414,10 +433,15 @@ class Trainer:
             log.warning("step %d: non-finite %s, step skipped (%d so far)", self.step + 1, bad, self.skipped_steps)
             return record
         for name in stepped:
-            self.optimizers[name].step()
+            if scaler is None:
+                self.optimizers[name].step()
+            else:  # the scaler skips the update when this optimizer's gradients hold inf/NaN
+                scaler.step(_bare_optimizer(self.optimizers[name]))
             if name in self.schedulers:
                 self.schedulers[name].step()
             self.optimizers[name].zero_grad(set_to_none=True)
+        if scaler is not None and stepped:
+            scaler.update()  # once per optimizer step, after every optimizer (not once per optimizer)
         for name, ema in self.emas.items():
             ema.update(self.unwrap(name))
         return record
