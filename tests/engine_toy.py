@@ -36,10 +36,10 @@ class ToyData(torch.utils.data.Dataset):
 class ToyGen(nn.Module):
     """MLP with dropout (uses the global RNG) behind a frozen linear layer (excluded from checkpoints)."""
 
-    def __init__(self) -> None:
+    def __init__(self, dropout: float = 0.2) -> None:
         super().__init__()
         self.frozen = nn.Linear(DIM, DIM).requires_grad_(False)
-        self.net = nn.Sequential(nn.Linear(DIM, 16), nn.Dropout(0.2), nn.ReLU(), nn.Linear(16, 1))
+        self.net = nn.Sequential(nn.Linear(DIM, 16), nn.Dropout(dropout), nn.ReLU(), nn.Linear(16, 1))
 
     def forward(self, x):
         return self.net(self.frozen(x))
@@ -47,12 +47,17 @@ class ToyGen(nn.Module):
 
 def build(out: Path, steps: int, save_every: int = 2, global_batch: int = 8, grad_accum: int = 1,
           skip_nonfinite: bool = False, nan_at: int | None = None, sleep: float = 0.0, keep_last: int = 3,
-          print_every: int = 0, mixed_precision: str = "no") -> Trainer:
+          print_every: int = 0, mixed_precision: str = "no", deterministic: bool = False) -> Trainer:
+    """The toy job; `deterministic`: no dropout, no input noise and plain SGD (updates proportional to the
+    gradient, unlike Adam's scale-invariant ones), for exact comparisons of gradient computations."""
     torch.manual_seed(123)  # model init (independent of the trainer's seeding)
-    gen = ToyGen()
+    gen = ToyGen(dropout=0.0 if deterministic else 0.2)
     disc = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
-    opt_g = torch.optim.Adam(gen.parameters(), lr=1e-2, betas=(0.9, 0.95))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-2, betas=(0.9, 0.95))
+    if deterministic:
+        opt_g, opt_d = torch.optim.SGD(gen.parameters(), lr=0.1), torch.optim.SGD(disc.parameters(), lr=0.1)
+    else:
+        opt_g = torch.optim.Adam(gen.parameters(), lr=1e-2, betas=(0.9, 0.95))
+        opt_d = torch.optim.Adam(disc.parameters(), lr=1e-2, betas=(0.9, 0.95))
     sched = warmup_constant_schedule(opt_g, warmup_steps=3)
     seen: list[int] = []
 
@@ -61,7 +66,8 @@ def build(out: Path, steps: int, save_every: int = 2, global_batch: int = 8, gra
         seen.extend(idx.tolist())
         if sleep:
             time.sleep(sleep)
-        pred = tr.models["gen"](x + 0.01 * torch.randn_like(x)).squeeze(-1)  # global RNG use
+        noise = 0.0 if deterministic else 0.01 * torch.randn_like(x)  # global RNG use
+        pred = tr.models["gen"](x + noise).squeeze(-1)
         loss_g = ((pred - y) ** 2).mean()
         if nan_at is not None and tr.step == nan_at:
             loss_g = loss_g * float("nan")
