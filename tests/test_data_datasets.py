@@ -1,6 +1,11 @@
 """Readers over prepared data: random access, rank x worker partitioning, plain image folders."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -110,3 +115,35 @@ def test_truncated_shard_is_reported(prepared, tmp_path):
     shard.write_bytes(shard.read_bytes()[:1000])
     with pytest.raises(ValueError, match="shard-000001.tar: 1000 bytes"):
         PreparedDataset(copy)
+
+
+def test_open_shard_files_stay_bounded_below_a_low_file_limit(tmp_path):
+    # more shards than the process may open files: a reader that keeps every shard open fails with EMFILE
+    src, out = tmp_path / "src", tmp_path / "out"
+    for c in range(2):
+        (src / f"n0{c}").mkdir(parents=True)
+        for i in range(45):
+            Image.fromarray(np.full((6, 6, 3), 100 * c + i, np.uint8)).save(src / f"n0{c}" / f"{i:02d}.png")
+    prepare_dataset(src, out, PrepareSettings(shard_size=1))  # 90 shards of one image
+    script = f"""
+import os, resource
+import numpy as np
+from vfmtok.data.datasets import PreparedDataset
+ds = PreparedDataset({str(out)!r})
+expected = np.array([100 * c + i for c in range(2) for i in range(45)])  # pixel value of source item k
+limit = len(os.listdir("/proc/self/fd")) + 32 + 8  # the default bound is 32 open shards
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+assert len(ds.shard_paths) == 90 > limit - 8, (len(ds.shard_paths), limit)
+most = 0
+for i in [*range(len(ds)), *np.random.default_rng(0).permutation(len(ds)).tolist(), 0, 1, 0, 1]:
+    image, label = ds[i]
+    assert image[0, 0, 0] == expected[ds.source_index[i]] and label == ds.source_index[i] // 45, i
+    most = max(most, len(ds._handles))
+ds.close()
+print("max_open", most, "after_close", len(ds._handles))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["max_open", "32", "after_close", "0"]

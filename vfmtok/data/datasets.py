@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 import torch
@@ -64,8 +65,14 @@ def read_manifest(root: str | os.PathLike) -> dict:
     return manifest
 
 
+MAX_OPEN_SHARDS = 32  # shard files a reader keeps open per process (least recently used closed first)
+
+
 class _PreparedBase:
-    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, return_index: bool = False):
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, return_index: bool = False,
+                 max_open_files: int = MAX_OPEN_SHARDS):
+        if max_open_files < 1:
+            raise ValueError(f"max_open_files must be >= 1, got {max_open_files}")
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         self.classes = load_classes(self.root / "classes.json")
@@ -82,7 +89,8 @@ class _PreparedBase:
                 raise ValueError(f"{path}: {'missing' if size is None else f'{size} bytes'}, manifest says "
                                  f"{shard['bytes']} bytes; rerun prepare-data (with --overwrite if needed)")
         self.transform, self.return_index = transform, return_index
-        self._handles: dict[int, object] = {}
+        self.max_open_files = int(max_open_files)
+        self._handles: OrderedDict[int, BinaryIO] = OrderedDict()  # shard -> open file, least recently used first
         self._pid = None
 
     def __len__(self) -> int:
@@ -90,13 +98,22 @@ class _PreparedBase:
 
     def _read(self, i: int) -> bytes:
         if self._pid != os.getpid():  # file handles must not be shared across forked workers
-            self._handles, self._pid = {}, os.getpid()
+            self._handles, self._pid = OrderedDict(), os.getpid()
         shard = int(self.shard[i])
-        handle = self._handles.get(shard)
+        handle = self._handles.pop(shard, None)
         if handle is None:
-            handle = self._handles[shard] = open(self.shard_paths[shard], "rb")
+            # full ImageNet has 1,282 shards, more than a usual `ulimit -n` of 1024: keep a bounded LRU set open
+            while len(self._handles) >= self.max_open_files:
+                self._handles.popitem(last=False)[1].close()
+            handle = open(self.shard_paths[shard], "rb")
+        self._handles[shard] = handle  # now the most recently used
         handle.seek(int(self.offset[i]))
         return handle.read(int(self.size[i]))
+
+    def close(self) -> None:
+        """Close the shard files this process holds open (reading again reopens them)."""
+        while self._handles:
+            self._handles.popitem()[1].close()
 
     def _item(self, i: int):
         image = decode_image(self._read(i)).image
@@ -106,7 +123,7 @@ class _PreparedBase:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_handles"], state["_pid"] = {}, None
+        state["_handles"], state["_pid"] = OrderedDict(), None
         return state
 
 
@@ -117,13 +134,15 @@ class PreparedDataset(_PreparedBase, Dataset):
         root: prepare-data output folder (``manifest.json`` status complete).
         transform: callable on the decoded PIL RGB image; None returns uint8 (H, W, 3) arrays.
         return_index: also return the dataset index.
+        max_open_files: shard files kept open per process (DataLoader worker), least recently used closed first
+            (>= 1; default 32, far below a usual ``ulimit -n`` of 1024 even with many workers).
 
     Attributes:
         classes: class names in index order; labels: int64 (N,) array of class indices; manifest: dict.
 
     Raises:
         FileNotFoundError, ValueError: see :func:`read_manifest`; ValueError also for a missing or
-            truncated shard.
+            truncated shard, and max_open_files < 1.
     """
 
     def __getitem__(self, i: int):
@@ -139,14 +158,14 @@ class PreparedStream(_PreparedBase, IterableDataset):
     :func:`partition` of that block again. Concatenating every (rank, worker) stream yields each image once.
 
     Args:
-        root, transform, return_index: as :class:`PreparedDataset`.
+        root, transform, return_index, max_open_files: as :class:`PreparedDataset`.
         rank, world_size: this process's rank and the number of ranks (default: from torch.distributed if
             initialised, else 0 and 1).
     """
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None, return_index: bool = False,
-                 rank: int | None = None, world_size: int | None = None):
-        super().__init__(root, transform, return_index)
+                 rank: int | None = None, world_size: int | None = None, max_open_files: int = MAX_OPEN_SHARDS):
+        super().__init__(root, transform, return_index, max_open_files)
         if rank is None or world_size is None:
             dist = torch.distributed
             initialised = dist.is_available() and dist.is_initialized()
