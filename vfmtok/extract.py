@@ -214,12 +214,12 @@ def open_image_source(path: str | Path, split: str = "train") -> DatasetSource:
     dataset = ImageFolderDataset(root, split=split, transform=_keep_pil)
     digest = hashlib.sha256()
     base = root.resolve()
-    for file, label in dataset.items:
-        file = Path(file)
+    for i in range(len(dataset)):
+        file, label = dataset.path(i), int(dataset.labels[i])
         rel = file.relative_to(base).as_posix() if file.is_relative_to(base) else str(file)
         digest.update(f"{rel}|{label}|{file.stat().st_size}\n".encode())
     desc = {"kind": "image-folder", "path": str(base), "split": split, "listing_sha256": digest.hexdigest()}
-    return DatasetSource(dataset, desc, digest.hexdigest(), paths=[p for p, _ in dataset.items])
+    return DatasetSource(dataset, desc, digest.hexdigest())  # the dataset's DecodeError names the file
 
 
 # ---------------------------------------------------------------------------------------------
