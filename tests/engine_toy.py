@@ -3,6 +3,8 @@ tests: `python tests/engine_toy.py OUT --steps N [--resume] [--save-every K] [--
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -47,9 +49,11 @@ class ToyGen(nn.Module):
 
 def build(out: Path, steps: int, save_every: int = 2, global_batch: int = 8, grad_accum: int = 1,
           skip_nonfinite: bool = False, nan_at: int | None = None, sleep: float = 0.0, keep_last: int = 3,
-          print_every: int = 0, mixed_precision: str = "no", deterministic: bool = False) -> Trainer:
+          print_every: int = 0, mixed_precision: str = "no", deterministic: bool = False,
+          sigterm_at: tuple[int, int] | None = None) -> Trainer:
     """The toy job; `deterministic`: no dropout, no input noise and plain SGD (updates proportional to the
-    gradient, unlike Adam's scale-invariant ones), for exact comparisons of gradient computations."""
+    gradient, unlike Adam's scale-invariant ones), for exact comparisons of gradient computations.
+    `sigterm_at=(step, rank)`: that rank sends itself SIGTERM during that (0-based) step."""
     torch.manual_seed(123)  # model init (independent of the trainer's seeding)
     gen = ToyGen(dropout=0.0 if deterministic else 0.2)
     disc = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
@@ -64,6 +68,8 @@ def build(out: Path, steps: int, save_every: int = 2, global_batch: int = 8, gra
     def step_fn(tr: Trainer, batch):
         x, y, idx = batch
         seen.extend(idx.tolist())
+        if sigterm_at is not None and (tr.step, tr.rank) == tuple(sigterm_at):
+            os.kill(os.getpid(), signal.SIGTERM)
         if sleep:
             time.sleep(sleep)
         noise = 0.0 if deterministic else 0.01 * torch.randn_like(x)  # global RNG use
@@ -98,8 +104,9 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--global-batch", type=int, default=8)
     ap.add_argument("--seen-file", type=Path)
+    ap.add_argument("--sigterm-at", type=int, nargs=2, metavar=("STEP", "RANK"))
     args = ap.parse_args()
-    tr = build(args.out, args.steps, args.save_every, args.global_batch, sleep=args.sleep)
+    tr = build(args.out, args.steps, args.save_every, args.global_batch, sleep=args.sleep, sigterm_at=args.sigterm_at)
     res = tr.fit(resume=args.resume)
     if args.seen_file is not None:
         rank = tr.rank

@@ -76,8 +76,10 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
 class CodebookUsage:
     """Fraction of the codebook used by the most recent `window` codes (official: 65,536), independent of batch size.
 
-    A ring buffer of the last `window` code indices (int64, -1 = empty). `usage()` = number of distinct codes in
-    the filled part / `codebook_size`. Its state (buffer + write position) is checkpointed so resumption is exact.
+    A ring buffer of the last `window` code indices (int64, -1 = empty) on the device of the codes it is given:
+    `update` makes no device -> host copy (it runs every micro-batch); `usage()` syncs (call it at log time).
+    `usage()` = number of distinct codes in the filled part / `codebook_size`. Its state (buffer, on CPU, + write
+    position) is checkpointed so resumption is exact.
     """
 
     def __init__(self, codebook_size: int, window: int = 65536) -> None:
@@ -88,9 +90,11 @@ class CodebookUsage:
         self.pos = 0  # total codes seen
 
     def update(self, codes: torch.Tensor) -> None:
-        """Add codes (any shape, int) in row-major order; only the last `window` are kept."""
-        flat = codes.detach().reshape(-1).to("cpu", torch.int64)[-self.window :]
-        idx = (self.pos + torch.arange(flat.numel())) % self.window
+        """Add codes (any shape, int, any device) in row-major order; only the last `window` are kept."""
+        flat = codes.detach().reshape(-1)[-self.window :].to(torch.int64)
+        if self.buffer.device != flat.device:
+            self.buffer = self.buffer.to(flat.device)
+        idx = (self.pos + torch.arange(flat.numel(), device=flat.device)) % self.window
         self.buffer[idx] = flat
         self.pos += int(codes.numel())
 
@@ -105,7 +109,7 @@ class CodebookUsage:
         return float(torch.unique(held).numel()) / self.codebook_size if held.numel() else 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"buffer": self.buffer.clone(), "pos": self.pos}
+        return {"buffer": self.buffer.detach().to("cpu", copy=True), "pos": self.pos}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["buffer"].numel() != self.window:

@@ -543,7 +543,8 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
         codes, labels, rows = batch
         if observer is not None:
             observer(tr.rank, tr.step, rows.cpu())
-        _, loss = tr.models["gpt"](codes[:, :-1], labels, targets=codes)
+        # ids were range-checked on the host by check_token_store: no per-micro-batch device sync
+        _, loss = tr.models["gpt"](codes[:, :-1], labels, targets=codes, check_ids=False)
         return StepOutput({"gpt": loss})
 
     val_codes, val_labels = load_val_set(info, val_idx)

@@ -218,6 +218,7 @@ class Trainer:
         self.checkpoints = self.out_dir / "checkpoints"
         self.metrics = MetricsLogger(self.out_dir / "metrics.jsonl", accelerator.is_main_process, config.tensorboard)
         self._stop_signal: int | None = None
+        self._stop_agreed = False  # some rank had a stop signal at the last step's all-reduce (world_size > 1)
 
     # -- helpers ----------------------------------------------------------------------------
     @property
@@ -344,10 +345,15 @@ class Trainer:
                         signal.Signals(signum).name)
 
     def _should_stop(self) -> int | None:
-        flag = torch.tensor([float(self._stop_signal or 0)], device=self.device)
-        if self.world_size > 1:
-            flag = self.accelerator.reduce(flag, reduction="sum")
-        if flag.item() == 0:
+        """The signal to stop on after the step just completed, or None (no tensor, collective or sync).
+
+        One process: the handler's flag. Several: whether any rank had received a signal by the all-reduce of the
+        step's logged values (`_train_step`), so every rank stops after the same step; a rank that received none
+        reports SIGTERM.
+        """
+        if self.world_size == 1:
+            return self._stop_signal
+        if not self._stop_agreed:
             return None
         return self._stop_signal or int(signal.SIGTERM)
 
@@ -392,10 +398,14 @@ class Trainer:
                 value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
                 sums[key] = sums.get(key, 0.0) + value.to(self.device) / accum
         keys = sorted(sums)
-        values = torch.stack([torch.as_tensor(sums[k], device=self.device).float().reshape(()) for k in keys]) if keys else None
-        if values is not None and self.world_size > 1:
-            values = self.accelerator.reduce(values, reduction="mean")
-        record: dict[str, Any] = dict(zip(keys, values.tolist())) if values is not None else {}
+        parts = [torch.as_tensor(sums[k], device=self.device).float().reshape(()) for k in keys]
+        if self.world_size > 1:  # the stop flag rides on this all-reduce: no extra collective or sync per step
+            parts.append(torch.full((), float(self._stop_signal is not None), device=self.device))
+            values = self.accelerator.reduce(torch.stack(parts), reduction="mean").tolist()
+            self._stop_agreed = values.pop() > 0  # same on every rank: all stop after the same step
+        else:
+            values = torch.stack(parts).tolist() if parts else []
+        record: dict[str, Any] = dict(zip(keys, values))
         scaler = self._scaler()
         for name in stepped:
             opt = self.optimizers[name]
