@@ -42,7 +42,7 @@ from einops import rearrange
 from vfmtok.configs import config_to_dict
 from vfmtok.data import token_store as ts
 from vfmtok.data.crops import adm_center_crop, ten_crop
-from vfmtok.device import autocast, autocast_dtype, resolve_device
+from vfmtok.device import autocast, autocast_dtype, resolve_device, set_tf32_for_job
 from vfmtok.distributed import barrier, broadcast, init_from_env
 
 __all__ = [
@@ -408,6 +408,7 @@ def _extract(source: ImageSource, out: Path, tokenizer: Any, opts: ExtractOption
     if device.type == "cuda" and world > 1 and device.index is None:
         device = torch.device("cuda", local_rank)
     amp = autocast_dtype(opts.mixed_precision, device)
+    tf32 = set_tf32_for_job("extract-tokens")
     cfg = tokenizer.config
     size, codebook, num_tokens = int(cfg.image_size), int(cfg.codebook_size), int(cfg.num_tokens)
     grid = int(math.isqrt(num_tokens))
@@ -429,6 +430,7 @@ def _extract(source: ImageSource, out: Path, tokenizer: Any, opts: ExtractOption
     }
     manifest = {
         "settings": settings,
+        "tf32": tf32,
         "grid_size": grid if grid * grid == num_tokens else None,
         "token_grid": [grid, grid] if grid * grid == num_tokens else [1, num_tokens],
         "num_classes": len(source.classes),

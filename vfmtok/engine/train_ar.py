@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vfmtok.data import token_store as ts
+from vfmtok.device import set_tf32_for_job
 from vfmtok.engine.accel import make_accelerator
 from vfmtok.engine.checkpoint import latest_checkpoint
 from vfmtok.engine.fsdp import is_fsdp, reshard, shard_model
@@ -501,6 +502,7 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
                           tokens_per_step=cfg.batch_size * info.num_tokens,
                           mixed_precision=getattr(cfg.mixed_precision, "value", cfg.mixed_precision),
                           effective_precision=str(accelerator.mixed_precision),
+                          tf32=set_tf32_for_job("train-ar"),
                           device_type=accelerator.device.type,
                           flops_per_token=model.flops_per_token(training=True),
                           num_params=model.num_params())
