@@ -3,6 +3,8 @@ tests: `python tests/engine_toy.py OUT --steps N [--resume] [--save-every K] [--
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,10 +38,10 @@ class ToyData(torch.utils.data.Dataset):
 class ToyGen(nn.Module):
     """MLP with dropout (uses the global RNG) behind a frozen linear layer (excluded from checkpoints)."""
 
-    def __init__(self) -> None:
+    def __init__(self, dropout: float = 0.2) -> None:
         super().__init__()
         self.frozen = nn.Linear(DIM, DIM).requires_grad_(False)
-        self.net = nn.Sequential(nn.Linear(DIM, 16), nn.Dropout(0.2), nn.ReLU(), nn.Linear(16, 1))
+        self.net = nn.Sequential(nn.Linear(DIM, 16), nn.Dropout(dropout), nn.ReLU(), nn.Linear(16, 1))
 
     def forward(self, x):
         return self.net(self.frozen(x))
@@ -47,21 +49,31 @@ class ToyGen(nn.Module):
 
 def build(out: Path, steps: int, save_every: int = 2, global_batch: int = 8, grad_accum: int = 1,
           skip_nonfinite: bool = False, nan_at: int | None = None, sleep: float = 0.0, keep_last: int = 3,
-          print_every: int = 0) -> Trainer:
+          print_every: int = 0, mixed_precision: str = "no", deterministic: bool = False,
+          sigterm_at: tuple[int, int] | None = None) -> Trainer:
+    """The toy job; `deterministic`: no dropout, no input noise and plain SGD (updates proportional to the
+    gradient, unlike Adam's scale-invariant ones), for exact comparisons of gradient computations.
+    `sigterm_at=(step, rank)`: that rank sends itself SIGTERM during that (0-based) step."""
     torch.manual_seed(123)  # model init (independent of the trainer's seeding)
-    gen = ToyGen()
+    gen = ToyGen(dropout=0.0 if deterministic else 0.2)
     disc = nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1))
-    opt_g = torch.optim.Adam(gen.parameters(), lr=1e-2, betas=(0.9, 0.95))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-2, betas=(0.9, 0.95))
+    if deterministic:
+        opt_g, opt_d = torch.optim.SGD(gen.parameters(), lr=0.1), torch.optim.SGD(disc.parameters(), lr=0.1)
+    else:
+        opt_g = torch.optim.Adam(gen.parameters(), lr=1e-2, betas=(0.9, 0.95))
+        opt_d = torch.optim.Adam(disc.parameters(), lr=1e-2, betas=(0.9, 0.95))
     sched = warmup_constant_schedule(opt_g, warmup_steps=3)
     seen: list[int] = []
 
     def step_fn(tr: Trainer, batch):
         x, y, idx = batch
         seen.extend(idx.tolist())
+        if sigterm_at is not None and (tr.step, tr.rank) == tuple(sigterm_at):
+            os.kill(os.getpid(), signal.SIGTERM)
         if sleep:
             time.sleep(sleep)
-        pred = tr.models["gen"](x + 0.01 * torch.randn_like(x)).squeeze(-1)  # global RNG use
+        noise = 0.0 if deterministic else 0.01 * torch.randn_like(x)  # global RNG use
+        pred = tr.models["gen"](x + noise).squeeze(-1)
         loss_g = ((pred - y) ** 2).mean()
         if nan_at is not None and tr.step == nan_at:
             loss_g = loss_g * float("nan")
@@ -73,7 +85,7 @@ def build(out: Path, steps: int, save_every: int = 2, global_batch: int = 8, gra
             losses["disc"] = torch.relu(1 - d_real).mean() + torch.relu(1 + d_fake).mean()
         return StepOutput(losses, logs)
 
-    acc = make_accelerator("cpu")
+    acc = make_accelerator("cpu", mixed_precision, cpu_autocast=mixed_precision != "no")
     cfg = TrainerConfig(out_dir=out, total_steps=steps, global_batch=global_batch, grad_accum=grad_accum,
                         save_every=save_every, keep_last=keep_last, log_every=1, grad_clip=1.0,
                         skip_nonfinite=skip_nonfinite, seed=5, progress=False, print_every=print_every)
@@ -92,8 +104,9 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--global-batch", type=int, default=8)
     ap.add_argument("--seen-file", type=Path)
+    ap.add_argument("--sigterm-at", type=int, nargs=2, metavar=("STEP", "RANK"))
     args = ap.parse_args()
-    tr = build(args.out, args.steps, args.save_every, args.global_batch, sleep=args.sleep)
+    tr = build(args.out, args.steps, args.save_every, args.global_batch, sleep=args.sleep, sigterm_at=args.sigterm_at)
     res = tr.fit(resume=args.resume)
     if args.seen_file is not None:
         rank = tr.rank

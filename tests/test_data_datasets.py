@@ -1,6 +1,13 @@
 """Readers over prepared data: random access, rank x worker partitioning, plain image folders."""
 from __future__ import annotations
 
+import gc
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -110,3 +117,102 @@ def test_truncated_shard_is_reported(prepared, tmp_path):
     shard.write_bytes(shard.read_bytes()[:1000])
     with pytest.raises(ValueError, match="shard-000001.tar: 1000 bytes"):
         PreparedDataset(copy)
+
+
+def test_open_shard_files_stay_bounded_below_a_low_file_limit(tmp_path):
+    # more shards than the process may open files: a reader that keeps every shard open fails with EMFILE
+    src, out = tmp_path / "src", tmp_path / "out"
+    for c in range(2):
+        (src / f"n0{c}").mkdir(parents=True)
+        for i in range(45):
+            Image.fromarray(np.full((6, 6, 3), 100 * c + i, np.uint8)).save(src / f"n0{c}" / f"{i:02d}.png")
+    prepare_dataset(src, out, PrepareSettings(shard_size=1))  # 90 shards of one image
+    script = f"""
+import os, resource
+import numpy as np
+from vfmtok.data.datasets import PreparedDataset
+ds = PreparedDataset({str(out)!r})
+expected = np.array([100 * c + i for c in range(2) for i in range(45)])  # pixel value of source item k
+limit = len(os.listdir("/proc/self/fd")) + 32 + 8  # the default bound is 32 open shards
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+assert len(ds.shard_paths) == 90 > limit - 8, (len(ds.shard_paths), limit)
+most = 0
+for i in [*range(len(ds)), *np.random.default_rng(0).permutation(len(ds)).tolist(), 0, 1, 0, 1]:
+    image, label = ds[i]
+    assert image[0, 0, 0] == expected[ds.source_index[i]] and label == ds.source_index[i] // 45, i
+    most = max(most, len(ds._handles))
+ds.close()
+print("max_open", most, "after_close", len(ds._handles))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["max_open", "32", "after_close", "0"]
+
+
+def _python_objects_reachable(obj) -> int:
+    """Objects reachable from the instance attributes of `obj` (not following classes or modules)."""
+    seen, stack = set(), list(vars(obj).values())
+    while stack:
+        o = stack.pop()
+        if id(o) not in seen and not isinstance(o, (type, types.ModuleType)):
+            seen.add(id(o))
+            stack.extend(gc.get_referents(o))
+    return len(seen)
+
+
+def _private_dirty_kib() -> int:
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Private_Dirty:"):
+            return int(line.split()[1])
+    raise RuntimeError("no Private_Dirty in /proc/self/smaps_rollup")
+
+
+@pytest.fixture(scope="module")
+def many_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("many")
+    for c in range(4):
+        (root / f"n{c:08d}").mkdir()
+        for i in range(5000):
+            (root / f"n{c:08d}" / f"{i:05d}.JPEG").touch()  # listed by the layout; decoding fails (not needed)
+    return root
+
+
+def test_image_folder_index_holds_no_per_file_python_objects(many_files):
+    dataset = ImageFolderDataset(many_files)
+    assert len(dataset) == 20000 and dataset.labels.tolist() == [i // 5000 for i in range(20000)]
+    assert dataset.path(5001) == many_files / "n00000001" / "00001.JPEG" and dataset.path(-1).name == "04999.JPEG"
+    with pytest.raises(IndexError, match="20000"):
+        dataset.path(20000)
+    # a list of (Path, label) reaches > 2 objects per file; the numpy index a few dozen in all
+    assert _python_objects_reachable(dataset) < 200
+
+
+def test_forked_worker_does_not_copy_the_image_folder_index(many_files):
+    # what a DataLoader worker does with the parent's dataset: index every item (the decode fails on these
+    # empty files, after the index lookup). Reference counting on per-file objects would dirty (copy) their pages.
+    dataset = ImageFolderDataset(many_files)
+    with pytest.raises(DecodeError, match="00000.JPEG"):
+        dataset[0]  # warm-up in the parent (the decoder's lazy imports and caches)
+    gc.collect()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report private dirty memory growth (KiB), then exit without pytest's cleanup
+        try:
+            before = 0
+            for i in range(len(dataset)):
+                if i == 2000:  # the first items warm up the allocator; measure the other 18,000
+                    before = _private_dirty_kib()
+                try:
+                    dataset[i]
+                except DecodeError:
+                    pass
+            os.write(write, str(_private_dirty_kib() - before).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    grown = int(os.read(read, 64) or b"-1")
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert 0 <= grown < 1024, f"worker copied {grown} KiB of the parent's pages"

@@ -99,3 +99,21 @@ def test_runs_in_float32_under_autocast():
     expect_rounded = attn(query.bfloat16().float(), reference, tokens.bfloat16().float(), [(3, 3)])
     torch.testing.assert_close(got, expect_rounded, atol=1e-6, rtol=0)
     assert not torch.equal(expect, expect_rounded)
+
+
+def test_forward_builds_the_offset_normaliser_once_per_shape(monkeypatch):
+    # torch.tensor(list, device=cuda) in forward is a host -> device copy per call (6 per tokenizer forward)
+    torch.manual_seed(2)
+    attn = MSDeformAttn(dim=16, levels=2, heads=2, points=2)
+    query, reference, tokens = torch.randn(1, 3, 16), torch.rand(1, 3, 2, 2), torch.randn(1, 9 + 2, 16)
+    first = attn(query, reference, tokens, [(3, 3), (1, 2)])
+    created = []
+    real = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: (created.append(a), real(*a, **k))[1])  # counting spy
+    again = attn(query, reference, tokens, [(3, 3), (1, 2)])
+    assert created == [] and torch.equal(first, again)
+    table = attn.offset_normalizer([(3, 3), (1, 2)], torch.device("cpu"))
+    assert table is attn.offset_normalizer([(3, 3), (1, 2)], torch.device("cpu"))
+    assert table.tolist() == [[3.0, 3.0], [2.0, 1.0]] and table.dtype == torch.float32
+    attn(query, reference, torch.randn(1, 4 + 1, 16), [(2, 2), (1, 1)])  # a new shape gets its own table
+    assert len(created) == 1 and created[0][0] == [[2, 2], [1, 1]]

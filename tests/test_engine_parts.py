@@ -142,6 +142,21 @@ def test_codebook_usage_window_counts_distinct_recent_codes():
     assert a.usage() == b.usage() == len(set(stream[-16:].tolist())) / 10
 
 
+def test_codebook_usage_update_stays_on_the_codes_device():
+    # on the meta device a copy to the host raises: update (every micro-batch) must not make one
+    usage = CodebookUsage(10, 8)
+    usage.update(torch.tensor([1, 2, 3, 3, 4, 5, 6], device="meta"))
+    usage.update(torch.tensor([[7, 8], [9, 9]], device="meta"))
+    assert usage.buffer.device.type == "meta" and usage.pos == 11 and usage.filled == 8
+    # the same stream on the host: the ring holds the last 8 codes, usage syncs only when asked
+    host = CodebookUsage(10, 8)
+    host.load_state_dict({"buffer": torch.full((8,), -1, dtype=torch.int64), "pos": 0})
+    host.update(torch.tensor([1, 2, 3, 3, 4, 5, 6]))
+    host.update(torch.tensor([[7, 8], [9, 9]]))
+    assert sorted(host.state_dict()["buffer"].tolist()) == [3, 4, 5, 6, 7, 8, 9, 9]
+    assert host.usage() == pytest.approx(7 / 10)
+
+
 def test_augmented_images_depend_only_on_seed_epoch_position():
     from PIL import Image
 

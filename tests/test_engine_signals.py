@@ -20,7 +20,7 @@ from torchrun_util import torchrun  # noqa: E402
 
 TESTS = Path(__file__).parent
 TOY = TESTS / "engine_toy.py"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
 
 
 def _wait_for(path: Path, timeout: float = 60.0) -> None:
@@ -99,3 +99,27 @@ def test_two_process_ddp_trains_with_disjoint_data_and_matches_one_process(tmp_p
     state, _, meta = read_checkpoint(latest_checkpoint(tmp_path / "ddp" / "checkpoints"), rank=1)
     assert meta["world_size"] == 2 and (tmp_path / "ddp" / "checkpoints" / "step_00000003" / "rng_rank1.pt").is_file()
     assert torch.isfinite(state["models"]["gen"]["net.0.weight"]).all()
+
+
+@pytest.mark.dist
+def test_sigterm_on_one_rank_stops_both_ranks_after_the_same_step(tmp_path):
+    # rank 1 is signalled during step index 2: the flag travels with that step's all-reduce, so both ranks stop
+    # after step 3 and write one checkpoint of step 3
+    out = tmp_path / "ddp"
+    proc = torchrun([TOY, out, "--steps", "50", "--save-every", "0", "--sigterm-at", "2", "1"], timeout=180)
+    assert proc.returncode != 0, proc.stdout
+    done = sorted(line for line in proc.stdout.splitlines() if line.startswith("done "))
+    assert done == ["done step=3 interrupted=True rank=0 world=2", "done step=3 interrupted=True rank=1 world=2"], (
+        proc.stdout + proc.stderr[-3000:])
+    assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [3]
+    _, _, meta = read_checkpoint(latest_checkpoint(out / "checkpoints"), rank=1)
+    assert meta["step"] == 3 and meta["world_size"] == 2
+
+
+def test_stop_check_makes_no_tensor_op_in_one_process(tmp_path):
+    tr = build(tmp_path, steps=1)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        assert tr._should_stop() is None
+        tr._on_signal(signal.SIGTERM, None)
+        assert tr._should_stop() == signal.SIGTERM
+    assert [e.name for e in prof.events()] == []  # old: a tensor + .item() per step

@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from vfmtok.cli.main import app
+from vfmtok.device import set_tf32, tf32_settings
 from vfmtok.metrics.inception import random_inception_state_dict
 
 runner = CliRunner()
@@ -66,6 +67,7 @@ def _hand_is(logits, seed=0):
 def test_cli_end_to_end_matches_independent_computation(batches):
     root, weights, samples, reference = batches
     out_json = root / "result.json"
+    set_tf32(True)  # evaluate must turn TF32 off (the ADM evaluator's Inception is fp32)
     result = runner.invoke(app, ["evaluate", str(root / "samples.npz"), "--ref", str(root / "ref.npz"),
                                  "--inception-weights", str(weights), "--json", str(out_json), "--batch-size", "4",
                                  "--fid-method", "eigh", "--device", "cpu"])
@@ -96,6 +98,8 @@ def test_cli_end_to_end_matches_independent_computation(batches):
     assert data["inception_weights"]["official"] is False and data["inception_weights"]["has_fc"] is True
     assert (data["samples"]["count"], data["reference"]["count"], data["samples"]["height"]) == (5, 4, 24)
     assert data["protocol"]["is_shuffle_seed"] == 0 and data["protocol"]["pr_k"] == 3
+    assert data["protocol"]["tf32"] == {"enabled": False, "cuda_matmul": False, "cudnn": False} == {
+        "enabled": False, **tf32_settings()}
     assert data["reference"]["statistics"] == "computed from arr_0"
     cache = np.load(data["reference"]["stats_cache"])
     np.testing.assert_allclose(cache["pool3"], r_pool, rtol=1e-5, atol=1e-6)

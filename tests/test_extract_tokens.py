@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vfmtok.device import set_tf32, tf32_settings
 from vfmtok.io import hashing
 from vfmtok.data.token_store import format as tsf
 from vfmtok.data.token_store import reader as tsr
@@ -145,7 +146,10 @@ def _reference_codes(source: FakeSource, aug: str, neighbours: int) -> np.ndarra
 
 @pytest.mark.parametrize("aug,neighbours", [("none", 1), ("flip", 2), ("ten-crop", 1)])
 def test_store_holds_every_image_views_and_label(tmp_path, aug, neighbours):
+    set_tf32(True)  # extraction turns TF32 off: its fp32 regions (quantizer distances) must be true fp32
     manifest = run_extract(tmp_path / "s", n=5, aug=aug, neighbours=neighbours)
+    assert manifest["tf32"] == {"enabled": False, **tf32_settings()} == {"enabled": False, "cuda_matmul": False,
+                                                                         "cudnn": False}
     codes = np.load(tmp_path / "s" / "codes.npy")
     expected = _reference_codes(FakeSource(5), aug, neighbours)
     assert codes.dtype == np.uint16 and codes.shape == expected.shape

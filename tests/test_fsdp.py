@@ -178,3 +178,55 @@ def test_accelerates_own_fsdp_plugin_is_refused(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for distributed_type: FSDP
     with pytest.raises(ValueError, match="accelerate's FSDP plugin .* pass --fsdp"):
         make_accelerator("cpu")
+
+
+def test_fsdp_bf16_param_policy_with_fp32_reduce_matches_fp32_gradients(tmp_path):
+    # 2 CPU processes: FSDP2 with MixedPrecisionPolicy(bf16 params, fp32 reduce) under bf16 autocast against the
+    # same GPT unsharded in fp32 on the whole batch (each rank computes the reference itself)
+    script = tmp_path / "mp_worker.py"
+    script.write_text(textwrap.dedent(f"""
+        import copy, json, os, sys, torch
+        import torch.distributed as dist
+        torch.set_num_threads(1)
+        from vfmtok.engine.fsdp import full_tensor, shard_model
+        from vfmtok.models.gpt_layers import TransformerBlock
+        from vfmtok.models.gpt_io import create_gpt
+        dist.init_process_group("gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        torch.manual_seed(0)
+        ref = create_gpt("GPT-tiny", vocab_size=16, num_classes=4, grid_size=4, class_dropout=0.0, token_dropout=0.0,
+                         resid_dropout=0.0, ffn_dropout=0.0)
+        torch.nn.init.normal_(ref.output.weight, std=0.3)
+        model = shard_model(copy.deepcopy(ref), (TransformerBlock,), torch.device("cpu"), param_dtype=torch.bfloat16,
+                            reduce_dtype=torch.float32)
+        gen = torch.Generator().manual_seed(1)
+        codes, labels = torch.randint(0, 16, (8, 16), generator=gen), torch.randint(0, 4, (8,), generator=gen)
+        seen = set()
+        model.layers[0].attention.wqkv.register_forward_hook(lambda m, a, out: seen.add(str(m.weight.dtype)))
+        mine = slice(4 * rank, 4 * rank + 4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(codes[mine, :-1], labels[mine], targets=codes[mine])
+        loss.backward()
+        _, ref_loss = ref(codes[:, :-1], labels, targets=codes)
+        ref_loss.backward()
+        total = loss.detach().clone()
+        dist.all_reduce(total)
+        rel = {{}}
+        for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+            g = full_tensor(p.grad)
+            rel[name] = float((g - q.grad).norm() / q.grad.norm().clamp_min(1e-12))
+        out = dict(loss=float(total) / world, ref_loss=float(ref_loss), compute=sorted(seen),
+                   param=sorted({{str(p.dtype) for p in model.parameters()}}),
+                   grad=sorted({{str(p.grad.dtype) for p in model.parameters()}}), worst=max(rel.values()),
+                   worst_name=max(rel, key=rel.get))
+        open(os.path.join({str(tmp_path)!r}, f"mp{{rank}}.json"), "w").write(json.dumps(out))
+        dist.destroy_process_group()
+    """))
+    proc = torchrun([script], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in range(2):
+        out = json.loads((tmp_path / f"mp{rank}.json").read_text())
+        assert out["compute"] == ["torch.bfloat16"]  # all-gathered for compute in bf16
+        assert out["param"] == out["grad"] == ["torch.float32"]  # sharded params and reduced grads in fp32
+        assert out["loss"] == pytest.approx(out["ref_loss"], rel=2e-2)
+        assert out["worst"] < 5e-2, out  # bf16 compute: gradients within a few percent of fp32

@@ -279,3 +279,21 @@ def test_saved_weights_are_byte_reproducible(tmp_path):
         assert fh.metadata()["format"] == "vfmtok.gpt"
         for name, value in model.state_dict().items():
             assert torch.equal(fh.get_tensor(name), value)
+
+
+def test_training_forward_without_id_checks_makes_no_host_sync():
+    # on the meta device any read of a value on the host (int(ids.max()), .item()) raises: a forward that runs
+    # there makes no device -> host sync; the training step uses it (the token store was checked beforehand)
+    torch.manual_seed(0)
+    model = create_gpt("GPT-tiny", vocab_size=32, num_classes=5, grid_size=4)
+    codes, labels = torch.randint(0, 32, (2, 16)), torch.tensor([0, 5])
+    ref_logits, ref_loss = model(codes[:, :-1], labels, targets=codes)
+    logits, loss = model(codes[:, :-1], labels, targets=codes, check_ids=False)
+    assert torch.equal(logits, ref_logits) and torch.equal(loss, ref_loss)
+    meta = model.to("meta")
+    logits, loss = meta(codes[:, :-1].to("meta"), labels.to("meta"), targets=codes.to("meta"), check_ids=False)
+    assert logits.shape == (2, 16, 32) and loss.shape == () and logits.device.type == "meta"
+    with pytest.raises((NotImplementedError, RuntimeError)):  # the checked forward reads ids on the host
+        meta(codes[:, :-1].to("meta"), labels.to("meta"), targets=codes.to("meta"))
+    with pytest.raises(ValueError, match=r"image token ids must be in \[0, 32\)"):  # the check itself stays
+        create_gpt("GPT-tiny", vocab_size=32, num_classes=5, grid_size=4)(torch.full((1, 3), 32), torch.tensor([0]))

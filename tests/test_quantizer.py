@@ -95,10 +95,29 @@ def test_lookup_refuses_out_of_range_codes():
     torch.testing.assert_close(q.lookup(torch.tensor([[3]]))[0, 0], F.normalize(q.embedding.weight[3], dim=-1))
 
 
-def test_distances_are_computed_in_float32_under_autocast():
-    q = _quantizer(5)
-    latents = torch.randn(2, 4, 6)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_distances_are_computed_in_float32_under_autocast(seed):
+    q = _quantizer(seed)
+    gen = torch.Generator().manual_seed(seed)
+    latents = torch.randn(2, 4, 6, generator=gen)
+    # a near tie that bf16 (8-bit mantissa: cosines near 1 round to 1) cannot resolve: code 1 is code 0 turned by
+    # 0.01 rad, latent (1, 0) lies 3/4 of the way towards code 1 -> code 1 in fp32, the first index (0) in bf16
+    u, v = F.normalize(torch.randn(6, generator=gen), dim=0), torch.randn(6, generator=gen)
+    v = F.normalize(v - (v @ u) * u, dim=0)
+    with torch.no_grad():
+        q.embedding.weight[0] = u
+        q.embedding.weight[1] = u + 0.01 * v
+    latents[1, 0] = u + 0.0075 * v
+    book = F.normalize(q.embedding.weight.double(), dim=-1)
+    z = F.normalize(latents.double(), dim=-1)
+    naive = ((z[..., None, :] - book) ** 2).sum(-1)  # float64 reference, (2, 4, K)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = q(latents)
-    assert out.quant.dtype == torch.float32 and out.codebook_loss.dtype == torch.float32
+        dist = q.distances(latents)
+    assert dist.dtype == torch.float32 and out.quant.dtype == torch.float32 and out.codebook_loss.dtype == torch.float32
+    torch.testing.assert_close(dist.double(), naive, atol=1e-6, rtol=0)
+    top2 = naive.topk(2, dim=-1, largest=False).values
+    torch.testing.assert_close(out.distance_gap.double(), top2[..., 1] - top2[..., 0], atol=1e-6, rtol=0)
+    assert torch.equal(out.codes, naive.argmin(-1)) and out.codes[1, 0] == 1
     assert torch.equal(out.codes, q(latents).codes)
+

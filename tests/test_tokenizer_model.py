@@ -248,3 +248,19 @@ def test_another_timm_vit_can_be_the_frozen_encoder(images):
     assert out.semantic_pred.shape == out.semantic_target.shape == (1, 49, 192)
     with pytest.raises(ValueError, match="levels"):
         create_tokenizer("tiny", vfm_levels=(2, 9))
+
+
+def test_bf16_autocast_quantizes_the_fp32_projection_of_the_slots(tok, images):
+    # extract-tokens (bf16) and evaluate (fp32) must pick the same codes for the same slots: the 12-d latent is
+    # projected, normalised and compared with the codebook in fp32, not rounded to bf16 first
+    tok.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trace = tok.trace(images, semantic=False)
+        codes = tok.encode(images)
+    assert trace["pre_quant"].dtype == torch.float32
+    layer = tok.pre_slots_quant
+    pre64 = F.linear(trace["slots"].double(), layer.weight.double(), layer.bias.double())
+    torch.testing.assert_close(trace["pre_quant"].double(), pre64, atol=1e-5, rtol=0)
+    book = F.normalize(tok.slot_quantize.embedding.weight.double(), dim=-1)
+    nearest = (F.normalize(pre64, dim=-1) @ book.t()).argmax(-1)  # max cosine = min distance, float64
+    assert torch.equal(trace["indices"], nearest) and torch.equal(codes, nearest)

@@ -5,7 +5,7 @@ No other module calls `.cuda()`; they ask `resolve_device` and use `autocast` fr
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -65,3 +65,38 @@ def fp32_region(device_type: str = "cuda") -> Iterator[None]:
     """Disable autocast inside (deformable attention, quantizer distances run in fp32 as in the paper's code)."""
     with torch.autocast(device_type=device_type, enabled=False):
         yield
+
+
+# TF32 (10-bit mantissa matmuls/convolutions on Ampere+ GPUs) per job, decided explicitly rather than left to
+# torch's defaults (CUDA matmul off, cuDNN convolutions on):
+# * training: on, as LlamaGen's/VFMTok's training scripts set it (speed; bf16 autocast dominates anyway);
+# * extract-tokens: off, so the fp32 regions (pre-quant projection, quantizer distances, deformable attention)
+#   are true fp32 and the codes match an fp32 evaluation pass;
+# * evaluate: off, the ADM evaluator's Inception network runs in fp32 (FID/IS are sensitive to feature noise).
+TF32_BY_JOB = {"train-tokenizer": True, "train-ar": True, "extract-tokens": False, "evaluate": False}
+
+
+def tf32_settings() -> dict[str, bool]:
+    """The process's current TF32 flags: `cuda_matmul` (torch.backends.cuda.matmul.allow_tf32) and `cudnn`
+    (torch.backends.cudnn.allow_tf32). Readable and settable on CPU-only builds too (no effect there)."""
+    return {"cuda_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn": bool(torch.backends.cudnn.allow_tf32)}
+
+
+def set_tf32(enabled: bool) -> dict[str, bool]:
+    """Allow or forbid TF32 for CUDA matmuls and cuDNN convolutions, process-wide; returns `tf32_settings()`."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
+    return tf32_settings()
+
+
+def set_tf32_for_job(job: str) -> dict[str, Any]:
+    """Apply the TF32 decision of `job` (`TF32_BY_JOB`) and return what to record in its output's config:
+    `{"enabled": bool, "cuda_matmul": bool, "cudnn": bool}`.
+
+    Raises:
+        KeyError: an unknown job name (lists the known ones).
+    """
+    if job not in TF32_BY_JOB:
+        raise KeyError(f"no TF32 policy for job {job!r}; known: {sorted(TF32_BY_JOB)}")
+    return {"enabled": TF32_BY_JOB[job], **set_tf32(TF32_BY_JOB[job])}

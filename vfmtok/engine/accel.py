@@ -13,17 +13,32 @@ import torch
 from vfmtok.device import resolve_device
 
 
-def make_accelerator(device: str = "auto", mixed_precision: str = "no", find_unused_parameters: bool = False) -> Any:
+CPU_AUTOCAST_ENV = "VFMTOK_CPU_AUTOCAST"
+
+
+def cpu_autocast_requested() -> bool:
+    """True when the environment variable `VFMTOK_CPU_AUTOCAST` is 1/true/yes (CPU mixed-precision emulation)."""
+    return os.environ.get(CPU_AUTOCAST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def make_accelerator(device: str = "auto", mixed_precision: str = "no", find_unused_parameters: bool = False,
+                     cpu_autocast: bool | None = None) -> Any:
     """An `accelerate.Accelerator` for training.
 
     Launched by `torchrun` / `accelerate launch` it runs DDP with one process per device (gloo on CPU). On CPU
-    mixed precision is always off (fp32), so CPU runs are deterministic; on CUDA `bf16`/`fp16` turn on autocast
-    (the tokenizer keeps the deformable attention and quantizer distances in fp32 itself).
+    mixed precision is off (fp32) unless `cpu_autocast`, so CPU runs are deterministic; on CUDA `bf16`/`fp16` turn
+    on autocast (the tokenizer keeps the deformable attention and quantizer distances in fp32 itself), and `fp16`
+    also dynamic loss scaling (a `torch.amp.GradScaler`, stepped by `vfmtok.engine.trainer.Trainer`).
+
+    CPU emulation (`cpu_autocast`): bf16/fp16 autocast on CPU, and for fp16 a CPU `GradScaler` (accelerate itself
+    runs fp16 on CPU without autocast or scaler); it exercises the CUDA precision code paths in tests. accelerate
+    fixes the precision of the first Accelerator of a process: a later one with another precision raises.
 
     Args:
         device: 'auto', 'cpu', 'cuda' (a process uses the GPU of its local rank).
         mixed_precision: 'no' | 'bf16' | 'fp16'.
         find_unused_parameters: DDP option, for models with parameters that get no gradient in some steps.
+        cpu_autocast: emulate `mixed_precision` on CPU (default: the `VFMTOK_CPU_AUTOCAST` environment variable).
 
     Raises:
         ValueError: bad device / precision names (see `vfmtok.device.resolve_device`); an accelerate config with
@@ -41,5 +56,12 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no", find_unu
         raise ValueError(f"--mixed-precision {mp!r}: expected one of no, bf16, fp16")
     resolved = resolve_device(device if device != "cuda" or torch.cuda.is_available() else "cuda")
     cpu = resolved.type == "cpu"
+    if cpu_autocast is None:
+        cpu_autocast = cpu_autocast_requested()
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)]
-    return Accelerator(cpu=cpu, mixed_precision="no" if cpu else mp, kwargs_handlers=handlers)
+    accelerator = Accelerator(cpu=cpu, mixed_precision="no" if cpu and not cpu_autocast else mp,
+                              kwargs_handlers=handlers)
+    if cpu and cpu_autocast and mp == "fp16":  # what accelerate sets up on CUDA: fp16 autocast + a GradScaler
+        accelerator.native_amp = True
+        accelerator.scaler = torch.amp.GradScaler("cpu")
+    return accelerator

@@ -54,7 +54,8 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if is_dtensor(t) else t
 
 
-def shard_model(model: nn.Module, block_types: Iterable[type], device: torch.device) -> nn.Module:
+def shard_model(model: nn.Module, block_types: Iterable[type], device: torch.device,
+                param_dtype: torch.dtype | None = None, reduce_dtype: torch.dtype | None = None) -> nn.Module:
     """Shard `model` in place with FSDP2: one unit per submodule of `block_types`, then the root.
 
     Every rank must call it with the same, identically initialised model (the engine seeds the initialisation
@@ -64,6 +65,10 @@ def shard_model(model: nn.Module, block_types: Iterable[type], device: torch.dev
     Args:
         model: the module (e.g. a `GPT`). block_types: classes wrapped as their own FSDP unit (e.g.
             `TransformerBlock`). device: this rank's device (its type names the device mesh: 'cpu' (gloo) or 'cuda').
+        param_dtype, reduce_dtype: FSDP2 `MixedPrecisionPolicy`: all-gather and compute with the parameters in
+            `param_dtype` (e.g. bf16: half the all-gather traffic) and reduce-scatter gradients in `reduce_dtype`
+            (e.g. fp32); the sharded parameters, their gradients and the optimizer state stay fp32. None (default)
+            for both: no policy (fp32 all-gathers, as the engine's `train-ar --fsdp` runs).
 
     Returns:
         `model` itself (its class is now also an `FSDPModule`).
@@ -80,10 +85,15 @@ def shard_model(model: nn.Module, block_types: Iterable[type], device: torch.dev
                            "train-ar ... --fsdp`); torch.distributed is not initialised in this process")
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     kinds = tuple(block_types)
+    options: dict[str, Any] = {"mesh": mesh}
+    if param_dtype is not None or reduce_dtype is not None:
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     for sub in reversed(list(model.modules())):  # innermost first (fully_shard needs children before parents)
         if sub is not model and isinstance(sub, kinds):
-            fully_shard(sub, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+            fully_shard(sub, **options)
+    fully_shard(model, **options)
     return model
 
 

@@ -134,6 +134,11 @@ class TrainResult:
     skipped_steps: int = 0
 
 
+def _bare_optimizer(opt: Optimizer) -> Optimizer:
+    """The torch optimizer inside accelerate's `AcceleratedOptimizer` wrapper (itself when not wrapped)."""
+    return getattr(opt, "optimizer", opt)
+
+
 def seed_everything(seed: int) -> None:
     """Seed python `random`, numpy's global RNG and torch (CPU and CUDA) with `seed`."""
     import random
@@ -214,6 +219,7 @@ class Trainer:
         self.checkpoints = self.out_dir / "checkpoints"
         self.metrics = MetricsLogger(self.out_dir / "metrics.jsonl", accelerator.is_main_process, config.tensorboard)
         self._stop_signal: int | None = None
+        self._stop_agreed = False  # some rank had a stop signal at the last step's all-reduce (world_size > 1)
 
     # -- helpers ----------------------------------------------------------------------------
     @property
@@ -336,14 +342,28 @@ class Trainer:
                         signal.Signals(signum).name)
 
     def _should_stop(self) -> int | None:
-        flag = torch.tensor([float(self._stop_signal or 0)], device=self.device)
-        if self.world_size > 1:
-            flag = self.accelerator.reduce(flag, reduction="sum")
-        if flag.item() == 0:
+        """The signal to stop on after the step just completed, or None (no tensor, collective or sync).
+
+        One process: the handler's flag. Several: whether any rank had received a signal by the all-reduce of the
+        step's logged values (`_train_step`), so every rank stops after the same step; a rank that received none
+        reports SIGTERM.
+        """
+        if self.world_size == 1:
+            return self._stop_signal
+        if not self._stop_agreed:
             return None
         return self._stop_signal or int(signal.SIGTERM)
 
     # -- one optimizer step -------------------------------------------------------------------
+    def _scaler(self) -> Any:
+        """The fp16 `GradScaler` that `accelerator.backward` scales losses with, or None (fp32/bf16).
+
+        The trainer unscales, steps and updates it itself: accelerate's `clip_grad_norm_` unscales every prepared
+        optimizer on each call and its optimizer wrapper calls `scaler.update()` once per optimizer, which breaks
+        (and double-counts) with more than one optimizer (generator + discriminator).
+        """
+        return getattr(self.accelerator, "scaler", None)
+
     def _to_device(self, batch: Any) -> Any:
         if isinstance(batch, torch.Tensor):
             return batch.to(self.device, non_blocking=True)
@@ -375,16 +395,23 @@ class Trainer:
                 value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
                 sums[key] = sums.get(key, 0.0) + value.to(self.device) / accum
         keys = sorted(sums)
-        values = torch.stack([torch.as_tensor(sums[k], device=self.device).float().reshape(()) for k in keys]) if keys else None
-        if values is not None and self.world_size > 1:
-            values = self.accelerator.reduce(values, reduction="mean")
-        record: dict[str, Any] = dict(zip(keys, values.tolist())) if values is not None else {}
+        parts = [torch.as_tensor(sums[k], device=self.device).float().reshape(()) for k in keys]
+        if self.world_size > 1:  # the stop flag rides on this all-reduce: no extra collective or sync per step
+            parts.append(torch.full((), float(self._stop_signal is not None), device=self.device))
+            values = self.accelerator.reduce(torch.stack(parts), reduction="mean").tolist()
+            self._stop_agreed = values.pop() > 0  # same on every rank: all stop after the same step
+        else:
+            values = torch.stack(parts).tolist() if parts else []
+        record: dict[str, Any] = dict(zip(keys, values))
+        scaler = self._scaler()
         for name in stepped:
             opt = self.optimizers[name]
             record[f"lr_{name}"] = opt.param_groups[0]["lr"]
             params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-            if self.config.grad_clip:
-                norm = self.accelerator.clip_grad_norm_(params, self.config.grad_clip)
+            if scaler is not None:  # fp16: unscale this optimizer's gradients, once per step (not every optimizer's)
+                scaler.unscale_(_bare_optimizer(opt))
+            if self.config.grad_clip:  # DTensor-aware for FSDP2 gradients
+                norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
             elif name in self.fsdp_models:  # sharded gradients: the norm of the full gradient (collective)
                 norm = torch.nn.utils.get_total_norm([p.grad for p in params])
             else:
@@ -392,11 +419,13 @@ class Trainer:
             record[f"grad_norm_{name}"] = float(full_tensor(norm))
         # with fp16 loss scaling, inf gradients are expected while the scale calibrates: the GradScaler skips those
         # updates itself, so only the losses are checked then
-        checked = ("loss_",) if getattr(self.accelerator, "scaler", None) is not None else ("loss_", "grad_norm_")
+        checked = ("loss_",) if scaler is not None else ("loss_", "grad_norm_")
         bad = [k for k, v in record.items() if k.startswith(checked) and not math.isfinite(v)]
         if bad:
             for opt in self.optimizers.values():
                 opt.zero_grad(set_to_none=True)
+            if scaler is not None:  # forget this step's unscale_ records
+                scaler.update()
             if not self.config.skip_nonfinite:
                 last = latest_checkpoint(self.checkpoints)
                 record["nonfinite"] = bad
@@ -411,10 +440,15 @@ class Trainer:
             log.warning("step %d: non-finite %s, step skipped (%d so far)", self.step + 1, bad, self.skipped_steps)
             return record
         for name in stepped:
-            self.optimizers[name].step()
+            if scaler is None:
+                self.optimizers[name].step()
+            else:  # the scaler skips the update when this optimizer's gradients hold inf/NaN
+                scaler.step(_bare_optimizer(self.optimizers[name]))
             if name in self.schedulers:
                 self.schedulers[name].step()
             self.optimizers[name].zero_grad(set_to_none=True)
+        if scaler is not None and stepped:
+            scaler.update()  # once per optimizer step, after every optimizer (not once per optimizer)
         for name, ema in self.emas.items():
             ema.update(self.unwrap(name))
         return record

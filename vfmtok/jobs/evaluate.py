@@ -83,14 +83,14 @@ def evaluate_samples(
         ``inception_score_status``), ``fid``, ``sfid``, ``precision``, ``recall``, ``samples`` and
         ``reference`` (path, sha256, count, height, width; reference ``statistics`` source and cache file),
         ``inception_weights`` (path, sha256, origin, official, has_fc), ``protocol`` (resize, splits, shuffle
-        seed, k, fid method, precision), ``warnings``, ``vfmtok_version``, ``device``, ``created``.
+        seed, k, fid method, precision, tf32 flags), ``warnings``, ``vfmtok_version``, ``device``, ``created``.
 
     Raises:
         EvaluationInputError: bad npz (see :func:`validate_image_npz`) or refused resolution mismatch.
         vfmtok.metrics.weights.InceptionWeightsNotFound / InceptionWeightsError: weights missing or invalid.
     """
     from vfmtok import __version__
-    from vfmtok.device import resolve_device
+    from vfmtok.device import resolve_device, set_tf32_for_job
 
     samples = validate_image_npz(samples_npz, "samples")
     ref = validate_image_npz(ref_npz, "reference")
@@ -118,6 +118,7 @@ def evaluate_samples(
 
     dev = resolve_device(device) if isinstance(device, str) else device
     tag, amp_dtype = _precision_tag(mixed_precision, dev)
+    tf32 = set_tf32_for_job("evaluate")  # the ADM evaluator's Inception runs in true fp32
     state, weights = load_inception_weights(inception_weights)
     extractor = InceptionFeatureExtractor(state, has_fc=weights.has_fc, autocast_dtype=amp_dtype).to(dev)
 
@@ -148,7 +149,7 @@ def evaluate_samples(
                      "fid_features": "pool3 (2048)", "sfid_features": "Mixed_6d.branch1x1[:7], HWC (2023)",
                      "is_split_size": SPLIT_SIZE, "is_shuffle_seed": is_shuffle_seed, "pr_k": NEIGHBOURHOOD_K,
                      "pr_distances": "fp16 first, fp32 fallback", "fid_method": fid_method,
-                     "inception_precision": tag, "batch_size": batch_size},
+                     "inception_precision": tag, "tf32": tf32, "batch_size": batch_size},
         "warnings": notes,
         "vfmtok_version": __version__,
         "device": str(dev),

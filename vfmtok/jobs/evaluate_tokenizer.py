@@ -153,10 +153,11 @@ def evaluate_tokenizer(
     import vfmtok
     from vfmtok.data.crops import AdmCenterCrop
     from vfmtok.data.datasets import ImageFolderDataset, PreparedDataset
-    from vfmtok.device import resolve_device
+    from vfmtok.device import resolve_device, set_tf32_for_job
     from vfmtok.metrics.weights import load_inception_weights
 
     dev = resolve_device(device) if isinstance(device, str) else device
+    tf32 = set_tf32_for_job("evaluate")  # Inception (and the tokenizer's fp32 regions) in true fp32
     tokenizer = vfmtok.load_tokenizer(tokenizer_path, encoder_weights=encoder_weights, map_location=dev)
     size, codebook_size = tokenizer.config.image_size, tokenizer.config.codebook_size
     transform = AdmCenterCrop(size)
@@ -179,7 +180,7 @@ def evaluate_tokenizer(
                            "official": weights.official, "has_fc": weights.has_fc},
         protocol={"crop": f"ADM centre crop at {size}", "to_uint8": "clamp(127.5x+128)",
                   "resize": f"PIL bicubic {size} -> {EVAL_SIZE} (both sides)", "rfid_reference": "GT of the same pass",
-                  "is_shuffle_seed": is_shuffle_seed, "fid_method": fid_method},
+                  "is_shuffle_seed": is_shuffle_seed, "fid_method": fid_method, "tf32": tf32},
         vfmtok_version=vfmtok.__version__, device=str(dev),
     )
     if result["ris"] is None:

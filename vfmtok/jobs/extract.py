@@ -44,7 +44,7 @@ from vfmtok.io import hashing
 from vfmtok.data.token_store import format as tsf
 from vfmtok.data.token_store import writer as tsw
 from vfmtok.data.crops import adm_center_crop, ten_crop
-from vfmtok.device import autocast, autocast_dtype, resolve_device
+from vfmtok.device import autocast, autocast_dtype, resolve_device, set_tf32_for_job
 from vfmtok.distributed import barrier, broadcast, init_from_env
 from vfmtok.imageops import uint8_to_unit
 
@@ -212,14 +212,14 @@ def open_image_source(path: str | Path, split: str = "train") -> DatasetSource:
     dataset = ImageFolderDataset(root, split=split, transform=_keep_pil)
     digest, sizes = hashlib.sha256(), hashlib.sha256()
     base = root.resolve()
-    for file, label in dataset.items:
-        file = Path(file)
+    for i in range(len(dataset)):
+        file, label = dataset.path(i), int(dataset.labels[i])
         rel = file.relative_to(base).as_posix() if file.is_relative_to(base) else str(file)
         digest.update(f"{rel}|{label}\n".encode())
         sizes.update(f"{rel}|{file.stat().st_size}\n".encode())
     desc = {"kind": "image-folder", "path": str(base), "split": split, "listing_sha256": digest.hexdigest(),
             "sizes_sha256": sizes.hexdigest()}
-    return DatasetSource(dataset, desc, digest.hexdigest(), paths=[p for p, _ in dataset.items])
+    return DatasetSource(dataset, desc, digest.hexdigest())  # the dataset's DecodeError names the file
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,6 +408,7 @@ def _extract(source: ImageSource, out: Path, tokenizer: Any, opts: ExtractOption
     if device.type == "cuda" and world > 1 and device.index is None:
         device = torch.device("cuda", local_rank)
     amp = autocast_dtype(opts.mixed_precision, device)
+    tf32 = set_tf32_for_job("extract-tokens")
     cfg = tokenizer.config
     size, codebook, num_tokens = int(cfg.image_size), int(cfg.codebook_size), int(cfg.num_tokens)
     grid = int(math.isqrt(num_tokens))
@@ -429,6 +430,7 @@ def _extract(source: ImageSource, out: Path, tokenizer: Any, opts: ExtractOption
     }
     manifest = {
         "settings": settings,
+        "tf32": tf32,
         "grid_size": grid if grid * grid == num_tokens else None,
         "token_grid": [grid, grid] if grid * grid == num_tokens else [1, num_tokens],
         "num_classes": len(source.classes),

@@ -31,6 +31,7 @@ import torch
 
 from vfmtok.data.token_store.reader import (StoreInfo, TokenDataset, TokenStoreError, check_model_matches_store,
                                             check_token_store, load_val_set)
+from vfmtok.device import set_tf32_for_job
 from vfmtok.engine.accel import make_accelerator
 from vfmtok.engine.checkpoint import latest_checkpoint
 from vfmtok.engine.fsdp import is_fsdp, reshard, shard_model
@@ -377,6 +378,7 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
                           tokens_per_step=cfg.batch_size * info.num_tokens,
                           mixed_precision=getattr(cfg.mixed_precision, "value", cfg.mixed_precision),
                           effective_precision=str(accelerator.mixed_precision),
+                          tf32=set_tf32_for_job("train-ar"),
                           device_type=accelerator.device.type,
                           flops_per_token=model.flops_per_token(training=True),
                           num_params=model.num_params())
@@ -419,7 +421,8 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
         codes, labels, rows = batch
         if observer is not None:
             observer(tr.rank, tr.step, rows.cpu())
-        _, loss = tr.models["gpt"](codes[:, :-1], labels, targets=codes)
+        # ids were range-checked on the host by check_token_store: no per-micro-batch device sync
+        _, loss = tr.models["gpt"](codes[:, :-1], labels, targets=codes, check_ids=False)
         return StepOutput({"gpt": loss})
 
     val_codes, val_labels = load_val_set(info, val_idx)

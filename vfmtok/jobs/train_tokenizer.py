@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from vfmtok.device import set_tf32_for_job
 from vfmtok.engine.accel import make_accelerator
 from vfmtok.engine.checkpoint import latest_checkpoint
 from vfmtok.engine.loader import AugmentedImages, open_image_dataset
@@ -302,6 +303,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TrainResult:
         "steps_per_epoch": steps_per_epoch, "num_images": len(dataset), "world_size": accelerator.num_processes,
         "micro_batch": cfg.batch_size // micro_total,
         "effective_precision": str(accelerator.mixed_precision),  # CPU runs are always fp32 ("no")
+        "tf32": set_tf32_for_job("train-tokenizer"),
     }
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,9 @@ class CodebookUsage:
     Args:
         codebook_size: K >= 1; codes must lie in [0, K).
         window: None for a whole pass; else keep only the most recent `window` codes (a ring buffer of int64
-            indices, -1 = empty), checkpointable with `state_dict` / `load_state_dict` for exact resumption.
+            indices, -1 = empty, on the device of the codes it is given: `update` then makes no device -> host
+            copy, as it runs every training micro-batch; `usage()` syncs, call it at log time), checkpointable
+            with `state_dict` / `load_state_dict` (buffer on CPU) for exact resumption.
 
     Raises:
         ValueError: K or window < 1.
@@ -36,17 +38,25 @@ class CodebookUsage:
     def update(self, codes: torch.Tensor) -> None:
         """Add integer codes (any shape) in row-major order.
 
+        Whole pass: the codes are checked to lie in [0, K) and counted on the host. Window: kept on the codes'
+        device without a check (they come from the quantizer's argmin), so no host sync happens here.
+
         Raises:
-            ValueError: a code outside [0, K) (names the range found).
+            ValueError: whole pass, a code outside [0, K) (names the range found).
         """
-        flat = codes.detach().reshape(-1).to("cpu", torch.int64)
-        if flat.numel() and (flat.min() < 0 or flat.max() >= self.codebook_size):
-            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got [{int(flat.min())}, {int(flat.max())}]")
+        flat = codes.detach().reshape(-1).to(torch.int64)
         if self.buffer is None:
+            flat = flat.cpu()
+            if flat.numel() and (flat.min() < 0 or flat.max() >= self.codebook_size):
+                raise ValueError(f"codes must lie in [0, {self.codebook_size}), got [{int(flat.min())}, "
+                                 f"{int(flat.max())}]")
             self._counts += torch.bincount(flat, minlength=self.codebook_size)
         else:
+            if self.buffer.device != flat.device:
+                self.buffer = self.buffer.to(flat.device)
             kept = flat[-self.window:]
-            self.buffer[(self.pos + (flat.numel() - kept.numel()) + torch.arange(kept.numel())) % self.window] = kept
+            start = self.pos + flat.numel() - kept.numel()
+            self.buffer[(start + torch.arange(kept.numel(), device=flat.device)) % self.window] = kept
         self.pos += int(flat.numel())
 
     @property
@@ -54,7 +64,7 @@ class CodebookUsage:
         """(K,) int64 occurrences of each code (in the window, when there is one)."""
         if self.buffer is None:
             return self._counts
-        held = self.buffer[self.buffer >= 0]
+        held = self.buffer[self.buffer >= 0].cpu()
         return torch.bincount(held, minlength=self.codebook_size)
 
     @property
@@ -76,7 +86,8 @@ class CodebookUsage:
         return float(math.exp(-(p * p.log()).sum()))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"buffer": self.buffer.clone() if self.buffer is not None else self._counts.clone(), "pos": self.pos}
+        target = self.buffer if self.buffer is not None else self._counts
+        return {"buffer": target.detach().to("cpu", copy=True), "pos": self.pos}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()` output.

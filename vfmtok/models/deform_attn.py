@@ -141,7 +141,19 @@ class MSDeformAttn(nn.Module):
         self.attention_weights = nn.Linear(dim, heads * levels * points)
         self.value_proj = nn.Linear(dim, dim)
         self.output_proj = nn.Linear(dim, dim)
+        # (W_l, H_l) offset normalisers per (spatial shapes, device): built once, not copied host -> device per call
+        self._normalizers: dict[tuple, torch.Tensor] = {}
         self.reset_parameters()
+
+    def offset_normalizer(self, spatial_shapes: Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
+        """(L, 2) float32 (W_l, H_l) of each level on `device`, cached per (shapes, device): after the first call
+        for a shape no host -> device copy (a synchronising `torch.tensor(..., device=...)`) happens."""
+        key = (tuple((int(h), int(w)) for h, w in spatial_shapes), torch.device(device))
+        table = self._normalizers.get(key)
+        if table is None:
+            table = self._normalizers[key] = torch.tensor([[w, h] for h, w in key[0]], dtype=torch.float32,
+                                                          device=device)
+        return table
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -192,7 +204,7 @@ class MSDeformAttn(nn.Module):
             logits = rearrange(_linear32(self.attention_weights, query), "b q (m lp) -> b q m lp", m=self.heads)
             weights = rearrange(logits.softmax(-1), "b q m (l p) -> b q m l p", l=self.levels)
             # offsets are in units of cells of each level: divide by (W_l, H_l)
-            normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
+            normalizer = self.offset_normalizer(spatial_shapes, query.device)
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
             out = _linear32(self.output_proj, ms_deform_attn(value, spatial_shapes, locations, weights))
         if return_sampling:

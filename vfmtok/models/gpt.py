@@ -79,7 +79,8 @@ class GPT(nn.Module):
         return self._rope_by_device[device]
 
     # -- teacher forcing ---------------------------------------------------------------------------
-    def forward(self, tokens: Tensor, labels: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, tokens: Tensor, labels: Tensor, targets: Tensor | None = None,
+                check_ids: bool = True) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced forward: logits for image tokens 0..S from the class and tokens 0..S-1.
 
         Args:
@@ -87,6 +88,8 @@ class GPT(nn.Module):
                 `codes[:, :-1]`).
             labels: (B,) int64 class ids in [0, num_classes] (num_classes = null class).
             targets: optional (B, S+1) int64 tokens to predict (for training pass `codes`).
+            check_ids: check that token and class ids lie in range (reads their min/max on the host: a device
+                sync on GPU). Training passes False: `train-ar` checks the whole token store on the host first.
 
         Returns:
             (logits, loss): logits (B, S+1, vocab_size) float32, position i predicting image token i; loss =
@@ -100,8 +103,11 @@ class GPT(nn.Module):
             raise ValueError(f"expected tokens (B, S) and labels (B,), got {tuple(tokens.shape)} and {tuple(labels.shape)}")
         if tokens.shape[1] > cfg.seq_len - 1:
             raise ValueError(f"tokens hold {tokens.shape[1]} positions; at most L-1 = {cfg.seq_len - 1} (pass codes[:, :-1])")
-        _check_range(tokens, cfg.vocab_size, "image token")
-        _check_range(labels, cfg.num_classes + 1, "class label")
+        if check_ids:
+            _check_range(tokens, cfg.vocab_size, "image token")
+            _check_range(labels, cfg.num_classes + 1, "class label")
+        elif tokens.is_floating_point() or labels.is_floating_point():
+            raise ValueError(f"ids must be integer tensors, got {tokens.dtype} tokens and {labels.dtype} labels")
         if targets is not None and targets.shape != (tokens.shape[0], tokens.shape[1] + 1):
             raise ValueError(f"targets must be (B, S+1) = {(tokens.shape[0], tokens.shape[1] + 1)}, got {tuple(targets.shape)}")
         h = torch.cat([self.cls_embedding(labels)[:, None], self.tok_embeddings(tokens)], dim=1)

@@ -64,8 +64,10 @@ class VectorQuantizer(nn.Module):
         return F.normalize(self.embedding.weight.float(), dim=-1)
 
     def distances(self, latents: torch.Tensor) -> torch.Tensor:
-        """Squared Euclidean distances between normalised latents (..., d) and every normalised code -> (..., K) fp32."""
-        return self._distances(F.normalize(latents.float(), dim=-1))
+        """Squared Euclidean distances between normalised latents (..., d) and every normalised code -> (..., K) fp32,
+        in [0, 4]; computed in float32 with autocast off (also under a bf16/fp16 autocast region)."""
+        with torch.autocast(device_type=latents.device.type, enabled=False):
+            return self._distances(F.normalize(latents.float(), dim=-1))
 
     def _distances(self, z: torch.Tensor) -> torch.Tensor:
         flat = z.reshape(-1, self.dim)

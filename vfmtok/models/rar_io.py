@@ -60,7 +60,7 @@ def save_rar(model: RAR, out_dir: str | Path) -> Path:
     """Write `out_dir/model.safetensors` (weights as held) and `out_dir/config.json`; returns the weights path.
 
     The config is also stored in the safetensors metadata ("rar_config"), so the weights file alone loads.
-    Written atomically and byte-reproducibly (`vfmtok.checkpoint_io.save_safetensors`).
+    Written atomically and byte-reproducibly (`vfmtok.io.weights.save_safetensors`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

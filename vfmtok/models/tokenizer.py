@@ -6,7 +6,7 @@ see shared/reference/vfmtok.md section 1 and docs/tokenizer.md.
 
     images (B,3,H,W) in [-1,1] ── FrozenVFM ──▶ L levels (B, N, C)            N = (S/14)^2 = 576, C = 1024
       ── encode_transformer (RegionEncoder) ──▶ slots (B, Q, D)               Q = 256, D = 512
-      ── pre_slots_quant (D -> d) ── slot_quantize ──▶ codes (B, Q) int64      d = 12, K = 16384
+      ── pre_slots_quant (D -> d, fp32) ── slot_quantize (fp32) ──▶ codes (B, Q) int64   d = 12, K = 16384
       ── post_slots_quant (d -> D) ── decode_transformer (ViTDecoder) ──▶ (B, D, g, g)   g = S/16 = 21
       ── decoder (PixelDecoder) ──▶ recon (B, 3, S, S), unbounded               S = 336
 
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vfmtok.models.pixel_decoder import PixelDecoder, PixelDecoderConfig
@@ -196,6 +197,15 @@ class VFMTokenizer(nn.Module):
         if codes.is_floating_point():
             raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
 
+    def _pre_quant(self, slots: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) slots -> (B, L, d) float32 latents (D -> 12 projection in fp32 with autocast off: under bf16
+        autocast the 12-d latent would be rounded to bf16 before the fp32 distances, and bf16 and fp32 passes
+        would pick different codes)."""
+        layer = self.pre_slots_quant
+        with torch.autocast(device_type=slots.device.type, enabled=False):
+            bias = layer.bias.float() if layer.bias is not None else None
+            return F.linear(slots.float(), layer.weight.float(), bias)
+
     def _post_quant(self, quant: torch.Tensor) -> torch.Tensor:
         """(B, L, d) fp32 code vectors -> (B, L, D) (12 -> 512 projection, in the module's dtype)."""
         return self.post_slots_quant(quant.to(self.post_slots_quant.weight.dtype))
@@ -219,7 +229,7 @@ class VFMTokenizer(nn.Module):
         self._check_images(images)
         levels = self.vfm_features(images)
         slots = self.encode_transformer(levels)
-        q = self.slot_quantize(self.pre_slots_quant(slots))
+        q = self.slot_quantize(self._pre_quant(slots))
         recon, semantic = self.decode_slots(self._post_quant(q.quant), with_semantic=return_semantic)
         target = levels[-1].detach() if return_semantic else None
         return TokenizerOutput(recon, q.codes, q.codebook_loss, q.commit_loss, semantic, target)
@@ -238,7 +248,7 @@ class VFMTokenizer(nn.Module):
         """
         self._check_images(images)
         slots = self.encode_transformer(self.vfm_features(images))
-        q = self.slot_quantize(self.pre_slots_quant(slots))
+        q = self.slot_quantize(self._pre_quant(slots))
         extra = ([q.distance_gap] if return_distance_gap else []) + ([q.second_codes] if return_second else [])
         return (q.codes, *extra) if extra else q.codes
 
@@ -278,7 +288,7 @@ class VFMTokenizer(nn.Module):
             out[f"deform_attention_weights.{i}"] = info["attention_weights"]
             out[f"encoder_layer_outputs.{i}"] = info["output"]
         out["slots"] = slots
-        out["pre_quant"] = pre = self.pre_slots_quant(slots)
+        out["pre_quant"] = pre = self._pre_quant(slots)
         q = self.slot_quantize(pre)
         out.update(indices=q.codes, quant=q.quant, code_distance_gap=q.distance_gap,
                    vq_codebook_loss=q.codebook_loss, vq_commit_loss=q.commit_loss)
