@@ -93,6 +93,18 @@ def test_cli_writes_pngs_grid_npz_and_config(models, first_run):
     assert cfg["tokenizer"]["sha256"] == hashlib.sha256(tok_file.read_bytes()).hexdigest()
     assert cfg["settings"]["classes"] == [3, 5, 7] and cfg["settings"]["cfg_scale"] == 2.0
     assert cfg["vfmtok_version"] == vfmtok.__version__ and cfg["command"].startswith("vfmtok")
+    # --mixed-precision defaults to bf16, which applies on CUDA only: this CPU run is recorded as fp32
+    assert cfg["options"]["mixed_precision"] == "bf16" and cfg["settings"]["compute_dtype"] == "fp32"
+    assert cfg["precision"] == {"requested": "bf16", "effective": "fp32", "device_type": "cpu"}
+
+
+def test_default_precision_is_bf16_on_cuda_and_fp32_on_cpu():
+    from vfmtok.device import autocast_dtype
+
+    default = sj.SampleOptions().mixed_precision
+    assert default == "bf16"
+    assert autocast_dtype(default, torch.device("cuda")) is torch.bfloat16
+    assert autocast_dtype(default, torch.device("cpu")) is None
 
 
 def test_npz_pixels_equal_an_independent_generate_decode_convert(models, first_run):

@@ -73,7 +73,8 @@ class SampleOptions:
         image_size: output side in pixels (bicubic resize of the decoder output, official rule).
         png: write `images/<index:06d>.png`. overwrite: replace a DIR made with other settings.
         seed: global seed. device: 'auto' | 'cpu' | 'cuda' | 'cuda:N'. mixed_precision: no | bf16 | fp16
-            (autocast on CUDA only). progress: tqdm bar on rank 0.
+            (autocast of the GPT, its KV cache and the decoder on CUDA only; default bf16, so CUDA samples in
+            bf16 and CPU in fp32; the effective precision is recorded). progress: tqdm bar on rank 0.
     """
 
     num_samples: int = 64
@@ -93,7 +94,7 @@ class SampleOptions:
     overwrite: bool = False
     seed: int = 0
     device: str = "auto"
-    mixed_precision: str = "no"
+    mixed_precision: str = "bf16"
     progress: bool = True
 
     def validate(self) -> None:
@@ -132,6 +133,14 @@ class SampleOptions:
 # ---------------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------------
+_PRECISION_NAMES = {"fp32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def _dtype_name(amp: torch.dtype | None) -> str:
+    """'fp32' (no autocast), else the torch dtype name ('bfloat16', 'float16'), as stored in the settings."""
+    return "fp32" if amp is None else str(amp).replace("torch.", "")
+
+
 def _job_device(name: str, world: int, local_rank: int) -> torch.device:
     from vfmtok.device import resolve_device
 
@@ -204,7 +213,7 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
         "cfg_scale": opts.cfg_scale, "cfg_schedule": opts.cfg_schedule, "cfg_power": opts.cfg_power,
         "cfg_interval": opts.cfg_interval, "temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p,
         "decode_batch": d, "image_size": opts.image_size, "seed": opts.seed, "device_type": device.type,
-        "compute_dtype": "fp32" if amp is None else str(amp).replace("torch.", ""),
+        "compute_dtype": _dtype_name(amp),
     }))
     settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     if out is None:
@@ -227,6 +236,8 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
         "labels_rule": ("classes[i % len(classes)]" if opts.classes is not None else
                         {"balanced": "i % num_classes",
                          "random": "floor(blake2b64('vfmtok-label:{seed}:{i}') * num_classes / 2^64)"}[opts.labels]),
+        "precision": {"requested": opts.mixed_precision, "effective": _PRECISION_NAMES[_dtype_name(amp)],
+                      "device_type": device.type},
         "num_samples": n, "num_classes": gpt.config.num_classes, "image_shape": [opts.image_size, opts.image_size, 3],
         "world_size": world, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
     }

@@ -98,7 +98,7 @@ def command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    mixed_precision: PrecisionOpt = MixedPrecision.no,
+    mixed_precision: PrecisionOpt = MixedPrecision.bf16,
 ) -> None:
     """Sample N class-conditional images from a GPT run.
 
@@ -108,6 +108,8 @@ def command(
     Sample i depends only on (--seed, i): any --batch-size and any number of
     processes (torchrun --nproc_per_node K -m vfmtok sample ...) give the same
     bytes. Rerunning the same command resumes an interrupted DIR.
+    --mixed-precision defaults to bf16, which applies on CUDA only: CPU samples
+    in fp32 (the effective precision is recorded in sample_config.json).
     Formulas and details: docs/sample.md.
     """
     from vfmtok.sample_job import SampleDirError, SampleOptions, run_sample

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
+from vfmtok.device import compute_dtype
 from vfmtok.models.gpt_config import PRESET_SHAPES, GPTConfig
 from vfmtok.models.gpt_io import (CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, create_gpt,
                                   infer_official_config, load_gpt, load_state_strict, save_gpt)
@@ -139,10 +140,14 @@ class GPT(nn.Module):
 
         Args:
             batch_size: rows decoded together (doubled by the caller for CFG).
-            dtype, device: default to the model's parameter dtype and device.
+            dtype: default = the compute dtype: the autocast dtype when autocast is enabled on the model's
+                device at this call (bf16 sampling keeps a bf16 cache: half the memory, no per-step cast of
+                the prefix), else the parameter dtype.
+            device: default = the parameters' device.
         """
         param = self.output.weight
-        dtype, device = dtype or param.dtype, torch.device(device) if device is not None else param.device
+        device = torch.device(device) if device is not None else param.device
+        dtype = dtype or compute_dtype(device.type, param.dtype)
         shape = (batch_size, self.config.n_head, self.cache_len, self.config.head_dim)
         for layer in self.layers:
             layer.attention.k_cache = torch.zeros(shape, dtype=dtype, device=device)
