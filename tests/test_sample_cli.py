@@ -96,6 +96,7 @@ def test_cli_writes_pngs_grid_npz_and_config(models, first_run):
     # --mixed-precision defaults to bf16, which applies on CUDA only: this CPU run is recorded as fp32
     assert cfg["options"]["mixed_precision"] == "bf16" and cfg["settings"]["compute_dtype"] == "fp32"
     assert cfg["precision"] == {"requested": "bf16", "effective": "fp32", "device_type": "cpu"}
+    assert cfg["tokenizer"]["encoder_weights"] == "none (decode-only)"  # no frozen encoder built to decode
 
 
 def test_default_precision_is_bf16_on_cuda_and_fp32_on_cpu():

@@ -161,7 +161,8 @@ def run_sample(ckpt: str | Path | None, tokenizer: str | Path | None, out: str |
         out: output folder, or None for the default (`<run>/samples/<settings hash>` for our runs,
             `samples/<ckpt stem>-<settings hash>` for the authors' .pt).
         options: `SampleOptions`. encoder_weights: frozen-encoder weights for the tokenizer; decoding never
-            reads them, so the default builds the encoder randomly initialised ("random").
+            reads them, so by default the tokenizer is loaded decode-only (no encoder built; recorded as
+            "none (decode-only)").
         command: command line recorded in sample_config.json. log: printer for the one-line messages (rank 0).
 
     Returns:
@@ -188,7 +189,7 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
     from vfmtok.configs import config_to_dict
     from vfmtok.device import autocast_dtype
     from vfmtok.models.gpt import load_gpt
-    from vfmtok.models.tokenizer import load_tokenizer
+    from vfmtok.models.tokenizer import DECODE_ONLY, load_tokenizer
 
     say = log if rank == 0 else (lambda *_: None)
     started = time.time()
@@ -197,8 +198,11 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
         say(f"using the newest GPT run under {runs_root}/: {ck.gpt}")
     gpt = load_gpt(ck.gpt)
     labels = make_labels(opts.num_samples, gpt.config.num_classes, opts.classes, opts.labels, opts.seed)
-    enc = str(encoder_weights) if encoder_weights is not None else "random"
-    tok = load_tokenizer(ck.tokenizer, encoder_weights=enc)
+    if encoder_weights is None:  # decoding never reads the frozen encoder: do not build it (304 M params for DINOv2-L)
+        tok, enc = load_tokenizer(ck.tokenizer, with_encoder=False), DECODE_ONLY
+    else:
+        enc = str(encoder_weights)
+        tok = load_tokenizer(ck.tokenizer, encoder_weights=enc)
     check_compatible(gpt.config, tok.config, ck.gpt, ck.tokenizer)
     device = _job_device(opts.device, world, local_rank)
     amp = autocast_dtype(opts.mixed_precision, device)

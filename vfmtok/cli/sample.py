@@ -53,7 +53,8 @@ def command(
                             "recorded in the GPT run's config.json (required for the authors' GPT-*.pt).")] = None,
     encoder_weights: Annotated[Optional[Path], typer.Option(
         "--encoder-weights", help="Frozen-encoder weights for the tokenizer. Decoding never reads them, so by "
-                                  "default the encoder is built randomly initialised (no download needed).")] = None,
+                                  "default the tokenizer is loaded without its encoder (no download, no memory).")
+    ] = None,
     classes: Annotated[Optional[list[str]], typer.Option(
         "--class", help="Class id(s) in [0, num_classes); repeat or comma-separate (--class 88 --class 3,7). "
                         "Sample i gets the (i mod m)-th of the m ids given.")] = None,
