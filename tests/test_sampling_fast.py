@@ -63,3 +63,13 @@ def test_bf16_autocast_decoding_matches_its_own_full_recompute(small):
         cached = generate(small, labels, cfg_scale=2.0, temperature=0.0)
         full = generate(small, labels, cfg_scale=2.0, temperature=0.0, use_cache=False)
     assert torch.equal(cached, full)
+
+
+# --- devices -----------------------------------------------------------------------------------------------
+def test_float64_draw_runs_on_cpu_for_mps_only():
+    from vfmtok.sampling import draw_device
+
+    assert draw_device(torch.device("mps")) == torch.device("cpu")  # MPS has no float64
+    assert draw_device("mps:0") == torch.device("cpu")
+    assert draw_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert draw_device("cpu") == torch.device("cpu")

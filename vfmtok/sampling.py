@@ -25,6 +25,9 @@ Conventions (reference/vfmtok.md section 4 and checkpoints/README.md 3.5, the au
   inverse-CDF draw: the first id whose cumulative probability exceeds u_t * total. So sample i depends only
   on (seed, i) (and the model), not on batch size, batch composition or process count (up to float
   differences of the logits themselves between kernels).
+* Devices: the draw (float64 softmax / top-p / inverse CDF) runs on the model's device, except on Apple MPS,
+  which has no float64: there the guided float32 logits go to the CPU for the draw and the chosen ids come
+  back (`draw_device`), so MPS samples equal CPU samples up to the logits' own float differences.
 """
 from __future__ import annotations
 
@@ -160,6 +163,12 @@ def pick_tokens(logits: Tensor, temperature: float, top_k: int, top_p: float, un
     return inverse_cdf(probs, uniforms)
 
 
+def draw_device(device: torch.device) -> torch.device:
+    """Device of the float64 token draw for a model on `device`: the CPU for MPS (no float64 there), else `device`."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def sample_seed(seed: int, index: int) -> int:
     """63-bit seed of sample `index` under global `seed`: BLAKE2b-64 of "vfmtok-sample:{seed}:{index}"."""
     digest = hashlib.blake2b(f"vfmtok-sample:{seed}:{index}".encode(), digest_size=8).digest()
@@ -248,7 +257,8 @@ def generate(
     device = gpt.output.weight.device
     if batch == 0:
         return torch.empty(0, seq_len, dtype=torch.long, device=device)
-    uniforms = sample_uniforms(seed, indices, seq_len).to(device) if temperature > 0 else None
+    draw_on = draw_device(device)
+    uniforms = sample_uniforms(seed, indices, seq_len).to(draw_on) if temperature > 0 else None
 
     if all(s == 1.0 for s in scales):
         mode, rows = "cond", labels
@@ -274,7 +284,7 @@ def generate(
             if mode == "cfg":
                 logits = guide(logits[:batch], logits[batch:], scales[t])
             step_u = uniforms[:, t] if uniforms is not None else None
-            codes[:, t] = pick_tokens(logits.float(), temperature, top_k, top_p, step_u)
+            codes[:, t] = pick_tokens(logits.float().to(draw_on), temperature, top_k, top_p, step_u).to(device)
     finally:
         if use_cache:
             gpt.reset_cache()
