@@ -127,6 +127,20 @@ def test_batch_size_does_not_change_the_npz_bytes(models, first_run):
     assert (out / "samples.npz").read_bytes() == (first_run[0] / "samples.npz").read_bytes()
 
 
+def test_compiled_decoding_gives_the_same_npz_bytes(models):
+    """--compile (inductor on CPU, one graph: 2 labels x 2 CFG rows) vs eager: same pixels; recorded in settings."""
+    outs = {}
+    for flag in ([], ["--compile"]):
+        out = outs[bool(flag)] = models / f"out_compile_{bool(flag)}"
+        res = _invoke(["--class", "3,5", "-n", "2", "--batch-size", "2", "--no-png", "--out", str(out), *COMMON, *flag],
+                      models)
+        assert res.exit_code == 0, res.output
+    assert _npz(outs[True] / "samples.npz")[0].tobytes() == _npz(outs[False] / "samples.npz")[0].tobytes()
+    settings = {k: json.loads((outs[k] / "sample_config.json").read_text())["settings"] for k in outs}
+    assert settings[True].pop("decode") == "compiled" and "decode" not in settings[False]
+    assert settings[True] == settings[False]
+
+
 @pytest.mark.dist
 def test_two_processes_give_the_same_npz_bytes_as_one(models, first_run):
     out = models / "out_dist"

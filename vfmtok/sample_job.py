@@ -72,6 +72,8 @@ class SampleOptions:
             decode call, aligned to global indices (part of the settings: changing it may flip a pixel by 1).
         image_size: output side in pixels (bicubic resize of the decoder output, official rule).
         png: write `images/<index:06d>.png`. overwrite: replace a DIR made with other settings.
+        compile: decode steps through torch.compile (CUDA graphs on CUDA; see `vfmtok.generate`); same tokens as
+            eager decoding up to float rounding, recorded in the settings only when on.
         seed: global seed. device: 'auto' | 'cpu' | 'cuda' | 'cuda:N'. mixed_precision: no | bf16 | fp16
             (autocast of the GPT, its KV cache and the decoder on CUDA only; default bf16, so CUDA samples in
             bf16 and CPU in fp32; the effective precision is recorded). progress: tqdm bar on rank 0.
@@ -92,6 +94,7 @@ class SampleOptions:
     image_size: int = 256
     png: bool = True
     overwrite: bool = False
+    compile: bool = False
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "bf16"
@@ -218,6 +221,7 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
         "cfg_interval": opts.cfg_interval, "temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p,
         "decode_batch": d, "image_size": opts.image_size, "seed": opts.seed, "device_type": device.type,
         "compute_dtype": _dtype_name(amp),
+        **({"decode": "compiled"} if opts.compile else {}),  # absent when off: older settings hashes stay valid
     }))
     settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     if out is None:
@@ -300,7 +304,7 @@ def _sample_chunks(gpt, tok, labels: np.ndarray, chunks: list[int], out: Path, o
                 codes = generate(gpt, torch.from_numpy(labels[idx]), cfg_scale=opts.cfg_scale,
                                  temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p, seed=opts.seed,
                                  cfg_schedule=opts.cfg_schedule, cfg_power=opts.cfg_power,
-                                 cfg_interval=opts.cfg_interval, sample_indices=idx)
+                                 cfg_interval=opts.cfg_interval, sample_indices=idx, compile=opts.compile)
             buffer.append(codes)
             buffered += len(idx)
             while next_chunk < len(chunks):
