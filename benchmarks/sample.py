@@ -1,13 +1,21 @@
-"""Generation throughput: tokens/s and images/s with and without the KV cache, and the CFG overhead.
+"""Generation throughput: eager vs compiled decoding (tokens/s), CFG overhead, and the batch-1 decode step
+against the weight-read bound.
 
 Usage:
     .venv/bin/python benchmarks/sample.py                       # GPT-tiny (L=256) and GPT-B (L=64) on CPU
-    .venv/bin/python benchmarks/sample.py --models GPT-B --grid-size 16 --batch 8 --device cuda
+    .venv/bin/python benchmarks/sample.py --models GPT-B,GPT-L --grid-size 16 --batch 32 --device cuda
 
-Random weights (output head re-initialised so the distribution is not uniform); timings are wall-clock
-medians over `--repeats` runs after one warm-up. Prints one line per configuration and the ratios:
-cache speed-up = tokens/s with cache / without, CFG overhead = time with CFG (s = 2) / time without.
-On CUDA the model runs in bf16 (as the official sampler).
+Random weights (output head re-initialised so the distribution is not uniform). Timings are wall-clock medians
+over `--repeats` runs after one warm-up run, which for `compile` includes the compilation (printed apart).
+
+1. `vfmtok.generate` tokens/s (image tokens per second, batch B) for eager and compiled decoding at cfg 1 and
+   cfg 2 (the CFG batch has 2B rows), with the compiled / eager speed-up and the CFG overhead.
+2. Batch-1 decode step: seconds per `gpt.decode` call at position L/2 (eager int step; compiled static step),
+   against the weight-read bound = bytes of the weights a step reads / memory bandwidth. The bytes are every
+   Linear and RMSNorm weight (the token table contributes one row, the class table nothing) plus the KV
+   cache the step attends over. Bandwidth: `--bandwidth-gbs`; default 4800 GB/s (H200 HBM3e) on CUDA, and on
+   CPU the measured copy bandwidth of this machine (read + write of a 256 MiB tensor).
+On CUDA the weights are cast to `--dtype` (bf16 by default, as the official sampler); CPU runs fp32.
 """
 from __future__ import annotations
 
@@ -18,57 +26,135 @@ import time
 import torch
 
 from vfmtok.models.gpt_io import create_gpt
-from vfmtok.sampling import generate
+from vfmtok.sampling import compiled_decode, generate
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats: int, device: torch.device) -> tuple[float, float]:
+    """(first call seconds, median of `repeats` further calls)."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    first = time.perf_counter() - start
     times = []
     for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
         start = time.perf_counter()
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        _sync(device)
         times.append(time.perf_counter() - start)
+    return first, statistics.median(times)
+
+
+def copy_bandwidth(device: torch.device, mib: int = 256) -> float:
+    """Bytes/s of a device tensor copy (counts the read and the write)."""
+    src = torch.empty(mib * 2**20 // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    _, sec = timed(lambda: dst.copy_(src), 5, device)
+    return 2 * src.numel() * 4 / sec
+
+
+def step_bytes(model, batch: int) -> int:
+    """Bytes a decode step must read: Linear + RMSNorm weights, one token-table row per row, the KV cache."""
+    weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
+                  if not n.startswith(("tok_embeddings", "cls_embedding")))
+    row = model.tok_embeddings.weight
+    cfg = model.config
+    cache = 2 * cfg.n_layer * batch * model.cache_len * cfg.dim * row.element_size()
+    return weights + batch * row.shape[1] * row.element_size() + cache
+
+
+def decode_step_seconds(model, device: torch.device, compiled: bool, iters: int) -> float:
+    """Median seconds of one batch-1 decode call at position L/2 (the cache is prefilled with zeros)."""
+    model.setup_cache(1)
+    pos = model.config.seq_len // 2
+    token = torch.zeros(1, 1, dtype=torch.long, device=device)
+    if compiled:
+        step, where = compiled_decode(model, device), torch.tensor([pos], device=device)
+
+        def call():
+            if device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()
+            return step(model, token, where)
+    else:
+        def call():
+            return model.decode(token, pos)
+    with torch.no_grad():
+        model.prefill(torch.zeros(1, dtype=torch.long, device=device))
+        for _ in range(3):
+            call()  # warm-up (compiles / records the graph)
+        _sync(device)
+        times = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            call()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    model.reset_cache()
     return statistics.median(times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="GPT-tiny,GPT-B")
-    parser.add_argument("--grid-size", type=int, default=None, help="token grid side (default: 16 tiny, 8 GPT-B on CPU)")
+    parser.add_argument("--grid-size", type=int, default=None, help="token grid side (default: 16; 8 for GPT-B+ on CPU)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest for tiny models on a shared box)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--skip-no-cache", action="store_true", help="skip the (slow) full-recompute runs")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="weights dtype on CUDA (CPU: fp32)")
+    parser.add_argument("--bandwidth-gbs", type=float, default=None,
+                        help="memory bandwidth in GB/s for the weight-read bound (default: 4800 on CUDA = H200, "
+                             "measured copy bandwidth on CPU)")
+    parser.add_argument("--step-iters", type=int, default=50, help="timed batch-1 decode calls")
+    parser.add_argument("--skip-compile", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device={device} threads={torch.get_num_threads()} batch={args.batch} torch={torch.__version__}")
+    dtype = torch.bfloat16 if device.type == "cuda" and args.dtype == "bf16" else torch.float32
+    if args.bandwidth_gbs is not None:
+        bandwidth, source = args.bandwidth_gbs * 1e9, "given"
+    elif device.type == "cuda":
+        bandwidth, source = 4800e9, "H200 default"
+    else:
+        bandwidth, source = copy_bandwidth(device), "measured copy"
+    print(f"device={device} dtype={str(dtype).replace('torch.', '')} threads={torch.get_num_threads()} "
+          f"batch={args.batch} bandwidth={bandwidth / 1e9:.1f} GB/s ({source}) torch={torch.__version__}")
+    modes = ("eager",) if args.skip_compile else ("eager", "compiled")
     for name in args.models.split(","):
         grid = args.grid_size or (8 if name != "GPT-tiny" and device.type == "cpu" else 16)
         torch.manual_seed(0)
         model = create_gpt(name, vocab_size=16384, num_classes=1000, grid_size=grid)
         torch.nn.init.normal_(model.output.weight, std=0.02)
-        model = model.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32).eval()
+        model = model.to(device, dtype).eval()
         L = model.config.seq_len
         labels = torch.arange(args.batch) % 1000
         results = {}
-        for cache in (True, False):
-            if not cache and args.skip_no_cache:
-                continue
+        for mode in modes:
             for scale in (1.0, 2.0):
-                sec = timed(lambda: generate(model, labels, cfg_scale=scale, use_cache=cache, seed=0), args.repeats)
-                results[(cache, scale)] = sec
-                print(f"{name:8s} L={L:3d} cache={str(cache):5s} cfg={scale:.1f}: {sec:8.3f} s/batch "
-                      f"{args.batch * L / sec:10.1f} tokens/s {args.batch / sec:8.3f} images/s")
-        if (False, 1.0) in results:
-            print(f"{name:8s} KV-cache speed-up: {results[(False, 1.0)] / results[(True, 1.0)]:.2f}x (cfg 1), "
-                  f"{results[(False, 2.0)] / results[(True, 2.0)]:.2f}x (cfg 2)")
-        print(f"{name:8s} CFG overhead (cfg 2 / cfg 1, cached): {results[(True, 2.0)] / results[(True, 1.0)]:.2f}x")
+                run = lambda: generate(model, labels, cfg_scale=scale, seed=0, compile=mode == "compiled")  # noqa: E731
+                first, sec = timed(run, args.repeats, device)
+                results[(mode, scale)] = sec
+                print(f"{name:8s} L={L:3d} {mode:8s} cfg={scale:.1f}: {sec:8.3f} s/batch {args.batch * L / sec:10.1f} "
+                      f"tokens/s {args.batch / sec:8.3f} images/s (first call {first:.1f} s)")
+            model.reset_cache()
+        if "compiled" in modes:
+            print(f"{name:8s} compiled / eager speed-up: {results[('eager', 1.0)] / results[('compiled', 1.0)]:.2f}x "
+                  f"(cfg 1), {results[('eager', 2.0)] / results[('compiled', 2.0)]:.2f}x (cfg 2)")
+        for mode in modes:
+            print(f"{name:8s} CFG overhead {mode} (cfg 2 / cfg 1): {results[(mode, 2.0)] / results[(mode, 1.0)]:.2f}x")
+        nbytes = step_bytes(model, 1)
+        bound = nbytes / bandwidth
+        for mode in modes:
+            sec = decode_step_seconds(model, device, mode == "compiled", args.step_iters)
+            print(f"{name:8s} batch-1 decode step {mode:8s}: {sec * 1e3:8.3f} ms; weight-read bound "
+                  f"{bound * 1e3:.3f} ms ({nbytes / 1e6:.1f} MB) -> {sec / bound:.1f}x the bound")
+        if device.type == "cuda":
+            print(f"{name:8s} peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
 
 if __name__ == "__main__":

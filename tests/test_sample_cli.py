@@ -96,6 +96,19 @@ def test_cli_writes_pngs_grid_npz_and_config(models, first_run):
     assert cfg["tokenizer"]["sha256"] == hashlib.sha256(tok_file.read_bytes()).hexdigest()
     assert cfg["settings"]["classes"] == [3, 5, 7] and cfg["settings"]["cfg_scale"] == 2.0
     assert cfg["vfmtok_version"] == vfmtok.__version__ and cfg["command"].startswith("vfmtok")
+    # --mixed-precision defaults to bf16, which applies on CUDA only: this CPU run is recorded as fp32
+    assert cfg["options"]["mixed_precision"] == "bf16" and cfg["settings"]["compute_dtype"] == "fp32"
+    assert cfg["precision"] == {"requested": "bf16", "effective": "fp32", "device_type": "cpu"}
+    assert cfg["tokenizer"]["encoder_weights"] == "none (decode-only)"  # no frozen encoder built to decode
+
+
+def test_default_precision_is_bf16_on_cuda_and_fp32_on_cpu():
+    from vfmtok.device import autocast_dtype
+
+    default = sj.SampleOptions().mixed_precision
+    assert default == "bf16"
+    assert autocast_dtype(default, torch.device("cuda")) is torch.bfloat16
+    assert autocast_dtype(default, torch.device("cpu")) is None
 
 
 def test_npz_pixels_equal_an_independent_generate_decode_convert(models, first_run):
@@ -115,6 +128,20 @@ def test_batch_size_does_not_change_the_npz_bytes(models, first_run):
     res = _invoke(["--class", "3,5,7", "-n", "7", "--batch-size", "5", "--out", str(out), *COMMON], models)
     assert res.exit_code == 0, res.output
     assert (out / "samples.npz").read_bytes() == (first_run[0] / "samples.npz").read_bytes()
+
+
+def test_compiled_decoding_gives_the_same_npz_bytes(models):
+    """--compile (inductor on CPU, one graph: 2 labels x 2 CFG rows) vs eager: same pixels; recorded in settings."""
+    outs = {}
+    for flag in ([], ["--compile"]):
+        out = outs[bool(flag)] = models / f"out_compile_{bool(flag)}"
+        res = _invoke(["--class", "3,5", "-n", "2", "--batch-size", "2", "--no-png", "--out", str(out), *COMMON, *flag],
+                      models)
+        assert res.exit_code == 0, res.output
+    assert _npz(outs[True] / "samples.npz")[0].tobytes() == _npz(outs[False] / "samples.npz")[0].tobytes()
+    settings = {k: json.loads((outs[k] / "sample_config.json").read_text())["settings"] for k in outs}
+    assert settings[True].pop("decode") == "compiled" and "decode" not in settings[False]
+    assert settings[True] == settings[False]
 
 
 @pytest.mark.dist

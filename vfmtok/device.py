@@ -50,6 +50,17 @@ def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | 
     return _DTYPES[key] if device.type == "cuda" else None
 
 
+def compute_dtype(device_type: str, default: torch.dtype) -> torch.dtype:
+    """The dtype activations are computed in on `device_type`: autocast's dtype while autocast is enabled there
+    (e.g. torch.bfloat16 inside `autocast(cuda, bf16)`), else `default` (typically the parameter dtype).
+
+    Used to size buffers that hold activations (the GPT's KV cache) so they need no cast per step.
+    """
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return default
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     """Autocast to `dtype` on `device` (no-op when dtype is None)."""

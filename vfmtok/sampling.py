@@ -30,12 +30,22 @@ Conventions (reference/vfmtok.md section 4 and checkpoints/README.md 3.5, the au
   inverse-CDF draw: the first id whose cumulative probability exceeds u_t * total. So sample i depends only
   on (seed, i) (and the model), not on batch size, batch composition or process count (up to float
   differences of the logits themselves between kernels).
+* Once guidance has ended (s_t == 1 for every remaining token, e.g. after `cfg_interval`), the unconditional
+  half of the CFG batch is no longer fed (the model's `decode` then runs on the first B rows of its cache):
+  the guided logits there are the conditional ones anyway, so the tokens are those of the full CFG batch.
+* `compile=True`: each decode step is the model's static step (position tensor, fixed shapes) captured by
+  `torch.compile` (mode="reduce-overhead" = CUDA graphs on CUDA, plain inductor elsewhere); prefill and the
+  token draw stay eager. Same tokens as eager decoding up to float rounding of the logits (masked attention
+  over the whole cache, fused kernels): equal except where two logits tie within ~1e-6.
+* Devices: the draw (float64 softmax / top-p / inverse CDF) runs on the model's device, except on Apple MPS,
+  which has no float64: there the guided float32 logits go to the CPU for the draw and the chosen ids come
+  back (`draw_device`), so MPS samples equal CPU samples up to the logits' own float differences.
 """
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -165,6 +175,12 @@ def pick_tokens(logits: Tensor, temperature: float, top_k: int, top_p: float, un
     return inverse_cdf(probs, uniforms)
 
 
+def draw_device(device: torch.device) -> torch.device:
+    """Device of the float64 token draw for a model on `device`: the CPU for MPS (no float64 there), else `device`."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def sample_seed(seed: int, index: int) -> int:
     """63-bit seed of sample `index` under global `seed`: BLAKE2b-64 of "vfmtok-sample:{seed}:{index}"."""
     digest = hashlib.blake2b(f"vfmtok-sample:{seed}:{index}".encode(), digest_size=8).digest()
@@ -199,6 +215,30 @@ def _labels_tensor(labels: Tensor | Sequence[int], num_classes: int) -> Tensor:
     return labels
 
 
+def guidance_end(scales: Sequence[float]) -> int:
+    """First token index t from which every scale is 1 (no guidance left); len(scales) if the last one is not."""
+    end = len(scales)
+    while end > 0 and scales[end - 1] == 1.0:
+        end -= 1
+    return end
+
+
+_COMPILED: dict[tuple[type, str | None], Callable] = {}
+
+
+def compiled_decode(gpt: torch.nn.Module, device: torch.device) -> Callable:
+    """`type(gpt).decode` compiled with torch.compile, shared by every model of that class (called as
+    `fn(gpt, tokens, positions)`); mode "reduce-overhead" (CUDA graphs) on CUDA, inductor defaults elsewhere.
+
+    dynamic=False: one graph per (batch rows, model) met, e.g. 2B rows with CFG and B after the CFG interval.
+    """
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    key = (type(gpt), mode)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(type(gpt).decode, mode=mode, dynamic=False, fullgraph=True)
+    return _COMPILED[key]
+
+
 @torch.no_grad()
 def generate(
     gpt: torch.nn.Module,
@@ -213,6 +253,7 @@ def generate(
     cfg_interval: int = -1,
     sample_indices: Tensor | Sequence[int] | None = None,
     use_cache: bool = True,
+    compile: bool = False,
 ) -> Tensor:
     """Generate image-token sequences for class labels (conventions in the module docstring).
 
@@ -230,12 +271,17 @@ def generate(
         sample_indices: (B,) global sample indices (default 0..B-1); pass each rank's / batch's global
             indices so results do not depend on batching.
         use_cache: KV-cache decoding (True) or full recompute every step (False; same tokens, slower).
+        compile: decode steps through `torch.compile` (see the module docstring; needs `use_cache` and a model
+            with `supports_static_decode`). The first call per batch shape compiles (seconds to a minute); the
+            KV cache then stays allocated on the model so later calls of the same batch reuse its memory
+            (and the captured CUDA graph); `gpt.reset_cache()` frees it.
 
     Returns:
         codes: (B, L) int64 on the model's device, values in [0, vocab_size).
 
     Raises:
-        ValueError: a class id outside [0, num_classes), or any option out of range (checked before any work).
+        ValueError: a class id outside [0, num_classes), or any option out of range (checked before any work);
+            compile without use_cache or on a model without a static decode step.
     """
     cfg = gpt.config
     seq_len = cfg.seq_len
@@ -252,10 +298,16 @@ def generate(
     if len(indices) != batch or any(i < 0 for i in indices):
         raise ValueError(f"sample_indices must hold {batch} non-negative ints, got {len(indices)} values")
 
+    if compile and not use_cache:
+        raise ValueError("compile=True needs use_cache=True (the compiled step is the KV-cache decode step)")
+    if compile and not getattr(gpt, "supports_static_decode", False):
+        raise ValueError(f"compile=True: {type(gpt).__name__}.decode has no static (position-tensor) step")
+
     device = next(gpt.parameters()).device  # GPT and RAR keep all parameters on one device
     if batch == 0:
         return torch.empty(0, seq_len, dtype=torch.long, device=device)
-    uniforms = sample_uniforms(seed, indices, seq_len).to(device) if temperature > 0 else None
+    draw_on = draw_device(device)
+    uniforms = sample_uniforms(seed, indices, seq_len).to(draw_on) if temperature > 0 else None
 
     if all(s == 1.0 for s in scales):
         mode, rows = "cond", labels
@@ -265,6 +317,12 @@ def generate(
         mode, rows = "cfg", torch.cat([labels, torch.full_like(labels, cfg.num_classes)])
     rows = rows.to(device)
 
+    # from token `drop_at` on, guidance is over: feed only the conditional rows (first half of the cache)
+    drop_at = guidance_end(scales) if mode == "cfg" and use_cache and getattr(gpt, "supports_row_subset", False) \
+        else seq_len
+    step = compiled_decode(gpt, device) if compile else None
+    positions = torch.arange(seq_len, device=device) if compile else None
+
     was_training = gpt.training
     gpt.eval()
     codes = torch.zeros(batch, seq_len, dtype=torch.long, device=device)
@@ -272,18 +330,25 @@ def generate(
         if use_cache:
             gpt.setup_cache(rows.shape[0])
         for t in range(seq_len):
-            if use_cache:
-                fed = codes[:, t - 1 : t].repeat(rows.shape[0] // batch, 1)
-                logits = gpt.prefill(rows)[:, -1] if t == 0 else gpt.decode(fed, t)[:, -1]
+            if use_cache and t == 0:
+                logits = gpt.prefill(rows)[:, -1]
+            elif use_cache:
+                fed = codes[:, t - 1 : t].repeat((rows.shape[0] if t < drop_at else batch) // batch, 1)
+                if step is None:
+                    logits = gpt.decode(fed, t)[:, -1]
+                else:
+                    if device.type == "cuda":
+                        torch.compiler.cudagraph_mark_step_begin()
+                    logits = step(gpt, fed, positions[t : t + 1])[:, -1]
             else:
                 prefix = codes[:, :t].repeat(rows.shape[0] // batch, 1)
                 logits = gpt(prefix, rows)[0][:, -1]
-            if mode == "cfg":
+            if mode == "cfg" and logits.shape[0] == 2 * batch:
                 logits = guide(logits[:batch], logits[batch:], scales[t])
             step_u = uniforms[:, t] if uniforms is not None else None
-            codes[:, t] = pick_tokens(logits.float(), temperature, top_k, top_p, step_u)
+            codes[:, t] = pick_tokens(logits.float().to(draw_on), temperature, top_k, top_p, step_u).to(device)
     finally:
-        if use_cache:
+        if use_cache and not compile:
             gpt.reset_cache()
         gpt.train(was_training)
     return codes

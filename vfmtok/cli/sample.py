@@ -53,7 +53,8 @@ def command(
                             "recorded in the GPT run's config.json (required for the authors' GPT-*.pt).")] = None,
     encoder_weights: Annotated[Optional[Path], typer.Option(
         "--encoder-weights", help="Frozen-encoder weights for the tokenizer. Decoding never reads them, so by "
-                                  "default the encoder is built randomly initialised (no download needed).")] = None,
+                                  "default the tokenizer is loaded without its encoder (no download, no memory).")
+    ] = None,
     classes: Annotated[Optional[list[str]], typer.Option(
         "--class", help="Class id(s) in [0, num_classes); repeat or comma-separate (--class 88 --class 3,7). "
                         "Sample i gets the (i mod m)-th of the m ids given.")] = None,
@@ -92,13 +93,16 @@ def command(
         "--image-size", min=1, help="Output side S: decoder output bicubic-resized (no antialias) to S, then "
                                     "uint8 = floor(clamp(127.5 v + 128, 0, 255)) for PNG and npz alike.")] = 256,
     png: Annotated[bool, typer.Option("--png/--no-png", help="Write DIR/images/<index:06d>.png.")] = True,
+    compile_: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the GPT decode step (static KV cache; CUDA graphs on CUDA). The first "
+                          "batch compiles (up to a minute); same tokens as eager up to float rounding.")] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a DIR made with other settings (removes only images/, parts/, samples.npz, "
                             "grid.png, sample_config.json).")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
-    mixed_precision: PrecisionOpt = MixedPrecision.no,
+    mixed_precision: PrecisionOpt = MixedPrecision.bf16,
 ) -> None:
     """Sample N class-conditional images from a GPT run.
 
@@ -108,6 +112,8 @@ def command(
     Sample i depends only on (--seed, i): any --batch-size and any number of
     processes (torchrun --nproc_per_node K -m vfmtok sample ...) give the same
     bytes. Rerunning the same command resumes an interrupted DIR.
+    --mixed-precision defaults to bf16, which applies on CUDA only: CPU samples
+    in fp32 (the effective precision is recorded in sample_config.json).
     Formulas and details: docs/sample.md.
     """
     from vfmtok.jobs.sample.job import run_sample
@@ -124,6 +130,7 @@ def command(
         num_samples=num_samples, classes=class_ids, labels=(labels or Labels.random).value, cfg_scale=cfg_scale,
         cfg_schedule=cfg_schedule.value, cfg_power=cfg_power, cfg_interval=cfg_interval, temperature=temperature,
         top_k=top_k, top_p=top_p, batch_size=batch_size, decode_batch=decode_batch, image_size=image_size, png=png,
+        compile=compile_,
         overwrite=overwrite, seed=seed, device=device, mixed_precision=getattr(mixed_precision, "value", mixed_precision),
         progress=progress,
     )

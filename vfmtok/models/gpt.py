@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
+from vfmtok.device import compute_dtype
 from vfmtok.models.gpt_config import GPTConfig
 from vfmtok.models.gpt_layers import LabelEmbedder, RMSNorm, TransformerBlock, rope_table_2d
 
@@ -41,6 +42,10 @@ class GPT(nn.Module):
     Args:
         config: the `GPTConfig`.
     """
+
+    # `vfmtok.generate` capabilities beyond the base protocol (setup_cache / prefill / decode / reset_cache):
+    supports_row_subset = True  # decode() accepts the first B <= cache_batch rows
+    supports_static_decode = True  # decode() accepts a position tensor (compiled decoding)
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -131,20 +136,32 @@ class GPT(nn.Module):
         return -(-(self.config.cls_token_num + self.config.seq_len) // 8) * 8
 
     def setup_cache(self, batch_size: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
-        """Allocate a fresh, zeroed static KV cache of (batch_size, H, cache_len, hd) per layer.
+        """Set up a zeroed static KV cache of (batch_size, H, cache_len, hd) per layer.
 
-        Any previous cache is discarded, so no state carries over between batches.
+        A cache still allocated with the same shape, dtype and device is zeroed in place (its memory keeps its
+        address, which CUDA graphs of a compiled decode step rely on); otherwise a new one is allocated. Either
+        way no state carries over between batches.
 
         Args:
             batch_size: rows decoded together (doubled by the caller for CFG).
-            dtype, device: default to the model's parameter dtype and device.
+            dtype: default = the compute dtype: the autocast dtype when autocast is enabled on the model's
+                device at this call (bf16 sampling keeps a bf16 cache: half the memory, no per-step cast of
+                the prefix), else the parameter dtype.
+            device: default = the parameters' device.
         """
         param = self.output.weight
-        dtype, device = dtype or param.dtype, torch.device(device) if device is not None else param.device
+        device = torch.device(device) if device is not None else param.device
+        dtype = dtype or compute_dtype(device.type, param.dtype)
         shape = (batch_size, self.config.n_head, self.cache_len, self.config.head_dim)
         for layer in self.layers:
-            layer.attention.k_cache = torch.zeros(shape, dtype=dtype, device=device)
-            layer.attention.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+            attn = layer.attention
+            old = attn.k_cache
+            if old is not None and old.shape == shape and old.dtype == dtype and old.device == device:
+                attn.k_cache.zero_()
+                attn.v_cache.zero_()
+            else:
+                attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
+                attn.v_cache = torch.zeros(shape, dtype=dtype, device=device)
         self.cache_batch = batch_size
 
     def reset_cache(self) -> None:
@@ -168,28 +185,41 @@ class GPT(nn.Module):
             h = torch.cat([h, self.tok_embeddings(tokens)], dim=1)
         return self._cached(h, 0)
 
-    def decode(self, tokens: Tensor, start_pos: int) -> Tensor:
+    def decode(self, tokens: Tensor, start_pos: int | Tensor) -> Tensor:
         """Feed image tokens at sequence positions start_pos.. (image token j sits at position j+1).
 
         Args:
-            tokens: (B, S) int64 image tokens; B = the cache batch.
-            start_pos: first sequence position, 1 <= start_pos and start_pos + S <= L.
+            tokens: (B, S) int64 image tokens; B <= the cache batch: fewer rows use the cache's first B rows
+                (how `generate` stops computing the unconditional half of a CFG batch once guidance ends).
+            start_pos: first sequence position (an int, 1 <= start_pos and start_pos + S <= L), or the static
+                step: a (S,) int64 tensor of positions on the model's device (not range-checked, to avoid a
+                device sync), whose shapes never change between steps, so `torch.compile` captures one graph
+                (CUDA graphs with mode="reduce-overhead"); it attends over the whole cache under a position
+                mask, giving the int path's logits up to float rounding.
 
         Returns:
             (B, S, vocab_size) float32 logits; row s predicts image token start_pos + s.
+
+        Raises:
+            RuntimeError: no cache set up. ValueError: more rows than the cache, positions out of range (int).
         """
         return self._cached(self.tok_embeddings(tokens), start_pos)
 
-    def _cached(self, h: Tensor, start_pos: int) -> Tensor:
+    def _cached(self, h: Tensor, start_pos: int | Tensor) -> Tensor:
         if self.layers[0].attention.k_cache is None:
             raise RuntimeError("KV cache not set up: call setup_cache(batch_size, dtype, device) first")
-        if h.shape[0] != self.cache_batch:
-            raise ValueError(f"batch {h.shape[0]} does not match the KV cache batch {self.cache_batch}")
-        end = start_pos + h.shape[1]
-        if start_pos < 0 or end > self.config.seq_len:
-            raise ValueError(f"positions {start_pos}..{end - 1} outside 0..{self.config.seq_len - 1}")
+        if h.shape[0] > self.cache_batch:
+            raise ValueError(f"batch {h.shape[0]} exceeds the KV cache batch {self.cache_batch}")
+        if isinstance(start_pos, Tensor):
+            if start_pos.shape != (h.shape[1],):
+                raise ValueError(f"position tensor of shape {tuple(start_pos.shape)}; expected ({h.shape[1]},)")
+            rope = self._rope(h.device)[start_pos]
+        else:
+            end = start_pos + h.shape[1]
+            if start_pos < 0 or end > self.config.seq_len:
+                raise ValueError(f"positions {start_pos}..{end - 1} outside 0..{self.config.seq_len - 1}")
+            rope = self._rope(h.device)[start_pos:end]
         h = h.to(self.output.weight.dtype)
-        rope = self._rope(h.device)[start_pos:end]
         for layer in self.layers:
             h = layer(h, rope, start_pos)
         return self.output(self.norm(h)).float()

@@ -79,8 +79,14 @@ class FeedForward(nn.Module):
 class Attention(nn.Module):
     """Multi-head causal self-attention with 2D RoPE and an optional static KV cache.
 
-    The cache (`k_cache`, `v_cache`: (B, H, cache_len, hd)) is a plain attribute, never part of the state
-    dict, allocated by `GPT.setup_cache` and freed by `GPT.reset_cache`.
+    The cache (`k_cache`, `v_cache`: (B, H, cache_len, hd)) is a non-persistent buffer (never in the state dict;
+    None, hence invisible, outside generation), allocated by `GPT.setup_cache` and freed by `GPT.reset_cache`.
+    Being a buffer, torch.compile treats it as a static-address input, which CUDA graphs need.
+
+    `start_pos`: None = full causal sequence (no cache); an int = write the chunk at positions start_pos.. and
+    attend over the filled prefix; a (S,) int64 tensor of positions = the static decode step: write with
+    `index_copy_`, attend over the whole cache with a mask (positions <= the query's), so every step has the
+    same shapes (one compiled graph). A batch smaller than the cache's uses the cache's first rows.
     """
 
     def __init__(self, cfg: GPTConfig) -> None:
@@ -90,10 +96,10 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.attn_dropout = cfg.attn_dropout
         self.resid_dropout = nn.Dropout(cfg.resid_dropout)
-        self.k_cache: Tensor | None = None
-        self.v_cache: Tensor | None = None
+        self.register_buffer("k_cache", None, persistent=False)
+        self.register_buffer("v_cache", None, persistent=False)
 
-    def forward(self, x: Tensor, rope: Tensor, start_pos: int | None) -> Tensor:
+    def forward(self, x: Tensor, rope: Tensor, start_pos: int | Tensor | None) -> Tensor:
         batch, seq, _ = x.shape
         q, k, v = self.wqkv(x).split(self.dim, dim=-1)
         q, k, v = (t.reshape(batch, seq, self.n_head, self.head_dim) for t in (q, k, v))
@@ -102,12 +108,19 @@ class Attention(nn.Module):
         if start_pos is None:  # full sequence, causal
             dropout = self.attn_dropout if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        elif isinstance(start_pos, Tensor):  # static step: fixed shapes, whole cache under a position mask
+            assert self.k_cache is not None and self.v_cache is not None
+            keys, values = self.k_cache[:batch], self.v_cache[:batch]
+            keys.index_copy_(2, start_pos, k.to(keys.dtype))
+            values.index_copy_(2, start_pos, v.to(values.dtype))
+            mask = torch.arange(keys.shape[2], device=x.device)[None, :] <= start_pos[:, None]
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         else:  # write this chunk into the static cache, attend over the filled prefix
             assert self.k_cache is not None and self.v_cache is not None
             end = start_pos + seq
-            self.k_cache[:, :, start_pos:end] = k
-            self.v_cache[:, :, start_pos:end] = v
-            keys, values = self.k_cache[:, :, :end], self.v_cache[:, :, :end]
+            self.k_cache[:batch, :, start_pos:end] = k
+            self.v_cache[:batch, :, start_pos:end] = v
+            keys, values = self.k_cache[:batch, :, :end], self.v_cache[:batch, :, :end]
             mask = None
             if seq > 1:
                 q_pos = torch.arange(start_pos, end, device=x.device)[:, None]
@@ -127,7 +140,7 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x: Tensor, rope: Tensor, start_pos: int | None) -> Tensor:
+    def forward(self, x: Tensor, rope: Tensor, start_pos: int | Tensor | None) -> Tensor:
         h = x + self.attention(self.attention_norm(x), rope, start_pos)
         return h + self.feed_forward(self.ffn_norm(h))
 

@@ -38,7 +38,9 @@ from vfmtok.models.tokenizer_config import TokenizerConfig
 from vfmtok.models.vfm import FrozenVFM
 from vfmtok.models.vit_decoder import ViTDecoder, ViTDecoderConfig
 
-__all__ = ["TokenizerOutput", "VFMTokenizer"]
+__all__ = ["DECODE_ONLY", "TokenizerOutput", "VFMTokenizer"]
+
+DECODE_ONLY = "none (decode-only)"  # `encoder_source` of a tokenizer built without its frozen encoder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,25 +112,39 @@ class VFMTokenizer(nn.Module):
         encoder_weights: where the frozen encoder's weights come from: None = the config's default
             (timm pretrained source when `vfm_pretrained`, else the seeded random init), "random", a file
             (timm state dict or the official `dinov2_vitl14_reg4_pretrain.pth` layout) or such a state dict.
+        with_encoder: False builds a decode-only tokenizer: the frozen encoder is built on the meta device only
+            to read its shape (width, patch, grid) and then dropped, so no encoder memory is allocated and no
+            304 M-parameter random init runs (DINOv2-L). `decode_codes` works as usual; `encode`, `forward`,
+            `trace` and `vfm` raise RuntimeError. `encoder_weights` must then be None.
 
     Raises:
         RuntimeError / FileNotFoundError / ValueError: encoder weights unavailable or not fitting (the message
-            names the file and where to put it).
+            names the file and where to put it); ValueError: encoder_weights given with with_encoder=False.
     """
 
-    def __init__(self, config: TokenizerConfig, encoder_weights: str | Path | dict | None = None) -> None:
+    def __init__(self, config: TokenizerConfig, encoder_weights: str | Path | dict | None = None, *,
+                 with_encoder: bool = True) -> None:
         super().__init__()
         self._config = config
+        if not with_encoder and encoder_weights is not None:
+            raise ValueError(f"encoder_weights={encoder_weights!r} given for a decode-only tokenizer "
+                             "(with_encoder=False builds no encoder)")
         if encoder_weights is None:
             encoder_weights = "pretrained" if config.vfm_pretrained else "random"
-        self.encoder_source = "<state dict>" if isinstance(encoder_weights, dict) else str(encoder_weights)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.vfm_seed)
-            vfm = FrozenVFM(config.vfm_name, config.image_size, config.vfm_levels, norm_last=True,
-                            weights=encoder_weights, timm_kwargs=config.vfm_kwargs)
+        self.encoder_source = ("<state dict>" if isinstance(encoder_weights, dict) else str(encoder_weights)
+                               ) if with_encoder else DECODE_ONLY
+        if with_encoder:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.vfm_seed)
+                vfm = FrozenVFM(config.vfm_name, config.image_size, config.vfm_levels, norm_last=True,
+                                weights=encoder_weights, timm_kwargs=config.vfm_kwargs)
+        else:  # shape only: nothing allocated, no init, and the global RNG is left alone
+            with torch.device("meta"):
+                vfm = FrozenVFM(config.vfm_name, config.image_size, config.vfm_levels, norm_last=True,
+                                weights="random", timm_kwargs=config.vfm_kwargs)
         if config.image_size % vfm.patch_size:
             raise ValueError(f"image_size {config.image_size} is not a multiple of the encoder patch {vfm.patch_size}")
-        object.__setattr__(self, "_frozen", _SharedFrozen(vfm))
+        object.__setattr__(self, "_frozen", _SharedFrozen(vfm) if with_encoder else None)
         c = config
         self.encode_transformer = RegionEncoder(
             in_dim=vfm.embed_dim, dim=c.dim, levels=len(c.vfm_levels), num_queries=c.num_queries,
@@ -152,13 +168,28 @@ class VFMTokenizer(nn.Module):
         return self._config
 
     @property
+    def has_encoder(self) -> bool:
+        """False for a decode-only tokenizer (`with_encoder=False`), which holds no frozen encoder."""
+        return self._frozen is not None
+
+    @property
     def vfm(self) -> FrozenVFM:
-        """The frozen encoder (not part of state_dict/parameters)."""
+        """The frozen encoder (not part of state_dict/parameters).
+
+        Raises:
+            RuntimeError: on a decode-only tokenizer (built with `with_encoder=False`).
+        """
+        if self._frozen is None:
+            raise RuntimeError("this tokenizer was built decode-only (with_encoder=False): it holds no frozen "
+                               "encoder, so it can decode codes but not encode images; load it with "
+                               "with_encoder=True (and encoder weights) to encode")
         return self._frozen.module
 
     def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .half(), .to_empty() also move the VFM
         super()._apply(fn, recurse)
         holder = self._frozen
+        if holder is None:  # decode-only
+            return self
         if holder.is_shared():
             probe = next(holder.module.parameters(), None)
             if probe is not None and fn(probe) is not probe:  # a real move/cast: do not drag the other copies

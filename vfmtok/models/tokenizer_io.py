@@ -18,7 +18,7 @@ from vfmtok.configs import config_from_dict, config_to_dict
 from vfmtok.io.official import load_official_tokenizer_state
 from vfmtok.io.state import strict_load
 from vfmtok.io.weights import save_safetensors
-from vfmtok.models.tokenizer import VFMTokenizer
+from vfmtok.models.tokenizer import DECODE_ONLY, VFMTokenizer
 from vfmtok.models.tokenizer_config import TokenizerConfig, resolve_config
 
 
@@ -91,8 +91,8 @@ def _config_from_json(path: Path) -> TokenizerConfig:
 
 
 def load_tokenizer(path: str | Path, encoder_weights: str | Path | None = None,
-                   config: str | TokenizerConfig | dict | None = None, map_location: str | torch.device = "cpu"
-                   ) -> VFMTokenizer:
+                   config: str | TokenizerConfig | dict | None = None, map_location: str | torch.device = "cpu",
+                   with_encoder: bool = True) -> VFMTokenizer:
     """Load a tokenizer for inference (returned in eval mode).
 
     Args:
@@ -108,9 +108,13 @@ def load_tokenizer(path: str | Path, encoder_weights: str | Path | None = None,
         config: override the config (preset name, TokenizerConfig or dict); needed for official files of a
             non-default shape.
         map_location: device to place the model on.
+        with_encoder: False loads a decode-only tokenizer (no frozen encoder is built or read; see
+            `VFMTokenizer`): what `vfmtok sample` uses, since decoding never touches the encoder. Backbone keys
+            of an authors' file are then ignored; `encoder_weights` must be None.
 
     Raises:
-        FileNotFoundError: path or companion files missing. ValueError: keys/shapes do not match (names them).
+        FileNotFoundError: path or companion files missing. ValueError: keys/shapes do not match (names them),
+            or encoder_weights given with with_encoder=False.
     """
 
     path = Path(path)
@@ -132,7 +136,12 @@ def load_tokenizer(path: str | Path, encoder_weights: str | Path | None = None,
     else:
         cfg = resolve_config(config if config is not None else "vfmtok-l")
         state, backbone = load_official_tokenizer_state(path)
-    if encoder_weights is None and recorded not in (None, "pretrained", "random") and Path(recorded).is_file():
+    if not with_encoder:
+        tok = VFMTokenizer(cfg, encoder_weights=encoder_weights, with_encoder=False)
+        strict_load(tok, state, source=str(path))
+        return tok.to(map_location).eval()
+    named_file = recorded not in (None, "pretrained", "random", DECODE_ONLY)
+    if encoder_weights is None and named_file and Path(recorded).is_file():
         encoder_weights = recorded
     if encoder_weights is None and backbone:
         tok = VFMTokenizer(cfg, encoder_weights=backbone)
@@ -141,7 +150,7 @@ def load_tokenizer(path: str | Path, encoder_weights: str | Path | None = None,
         try:
             tok = VFMTokenizer(cfg, encoder_weights=encoder_weights)
         except (RuntimeError, FileNotFoundError) as err:
-            if encoder_weights is None and recorded not in (None, "pretrained", "random"):
+            if encoder_weights is None and named_file:
                 raise type(err)(f"{err} (the run recorded encoder weights {recorded}, which were not found; "
                                 "pass encoder_weights=PATH)") from err
             raise

@@ -52,6 +52,14 @@ from vfmtok.jobs.sample.plan import chunk_range, make_labels, split_chunks
 # ---------------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------------
+_PRECISION_NAMES = {"fp32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def _dtype_name(amp: torch.dtype | None) -> str:
+    """'fp32' (no autocast), else the torch dtype name ('bfloat16', 'float16'), as stored in the settings."""
+    return "fp32" if amp is None else str(amp).replace("torch.", "")
+
+
 def _job_device(name: str, world: int, local_rank: int) -> torch.device:
     from vfmtok.device import resolve_device
 
@@ -72,7 +80,8 @@ def run_sample(ckpt: str | Path | None, tokenizer: str | Path | None, out: str |
         out: output folder, or None for the default (`<run>/samples/<settings hash>` for our runs,
             `samples/<ckpt stem>-<settings hash>` for the authors' .pt).
         options: `SampleOptions`. encoder_weights: frozen-encoder weights for the tokenizer; decoding never
-            reads them, so the default builds the encoder randomly initialised ("random").
+            reads them, so by default the tokenizer is loaded decode-only (no encoder built; recorded as
+            "none (decode-only)").
         command: command line recorded in sample_config.json. log: printer for the one-line messages (rank 0).
 
     Returns:
@@ -99,6 +108,7 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
     from vfmtok.configs import config_to_dict
     from vfmtok.device import autocast_dtype
     from vfmtok.models.gpt_io import load_gpt
+    from vfmtok.models.tokenizer import DECODE_ONLY
     from vfmtok.models.tokenizer_io import load_tokenizer
 
     say = log if rank == 0 else (lambda *_: None)
@@ -108,8 +118,11 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
         say(f"using the newest GPT run under {runs_root}/: {ck.gpt}")
     gpt = load_gpt(ck.gpt)
     labels = make_labels(opts.num_samples, gpt.config.num_classes, opts.classes, opts.labels, opts.seed)
-    enc = str(encoder_weights) if encoder_weights is not None else "random"
-    tok = load_tokenizer(ck.tokenizer, encoder_weights=enc)
+    if encoder_weights is None:  # decoding never reads the frozen encoder: do not build it (304 M params for DINOv2-L)
+        tok, enc = load_tokenizer(ck.tokenizer, with_encoder=False), DECODE_ONLY
+    else:
+        enc = str(encoder_weights)
+        tok = load_tokenizer(ck.tokenizer, encoder_weights=enc)
     check_compatible(gpt.config, tok.config, ck.gpt, ck.tokenizer)
     device = _job_device(opts.device, world, local_rank)
     amp = autocast_dtype(opts.mixed_precision, device)
@@ -124,7 +137,8 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
         "cfg_scale": opts.cfg_scale, "cfg_schedule": opts.cfg_schedule, "cfg_power": opts.cfg_power,
         "cfg_interval": opts.cfg_interval, "temperature": opts.temperature, "top_k": opts.top_k, "top_p": opts.top_p,
         "decode_batch": d, "image_size": opts.image_size, "seed": opts.seed, "device_type": device.type,
-        "compute_dtype": "fp32" if amp is None else str(amp).replace("torch.", ""),
+        "compute_dtype": _dtype_name(amp),
+        **({"decode": "compiled"} if opts.compile else {}),  # absent when off: older settings hashes stay valid
     }))
     settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     if out is None:
@@ -147,6 +161,8 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
         "labels_rule": ("classes[i % len(classes)]" if opts.classes is not None else
                         {"balanced": "i % num_classes",
                          "random": "floor(blake2b64('vfmtok-label:{seed}:{i}') * num_classes / 2^64)"}[opts.labels]),
+        "precision": {"requested": opts.mixed_precision, "effective": _PRECISION_NAMES[_dtype_name(amp)],
+                      "device_type": device.type},
         "num_samples": n, "num_classes": gpt.config.num_classes, "image_shape": [opts.image_size, opts.image_size, 3],
         "world_size": world, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
     }
@@ -205,7 +221,7 @@ def _sample_chunks(gpt, tok, labels: np.ndarray, chunks: list[int], out: Path, o
                 codes = generate(gpt, torch.from_numpy(labels[idx]), cfg_scale=opts.cfg_scale,
                                  temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p, seed=opts.seed,
                                  cfg_schedule=opts.cfg_schedule, cfg_power=opts.cfg_power,
-                                 cfg_interval=opts.cfg_interval, sample_indices=idx)
+                                 cfg_interval=opts.cfg_interval, sample_indices=idx, compile=opts.compile)
             buffer.append(codes)
             buffered += len(idx)
             while next_chunk < len(chunks):

@@ -20,8 +20,11 @@ class SampleOptions:
             decode call, aligned to global indices (part of the settings: changing it may flip a pixel by 1).
         image_size: output side in pixels (bicubic resize of the decoder output, official rule).
         png: write `images/<index:06d>.png`. overwrite: replace a DIR made with other settings.
+        compile: decode steps through torch.compile (CUDA graphs on CUDA; see `vfmtok.generate`); same tokens as
+            eager decoding up to float rounding, recorded in the settings only when on.
         seed: global seed. device: 'auto' | 'cpu' | 'cuda' | 'cuda:N'. mixed_precision: no | bf16 | fp16
-            (autocast on CUDA only). progress: tqdm bar on rank 0.
+            (autocast of the GPT, its KV cache and the decoder on CUDA only; default bf16, so CUDA samples in
+            bf16 and CPU in fp32; the effective precision is recorded). progress: tqdm bar on rank 0.
     """
 
     num_samples: int = 64
@@ -39,9 +42,10 @@ class SampleOptions:
     image_size: int = 256
     png: bool = True
     overwrite: bool = False
+    compile: bool = False
     seed: int = 0
     device: str = "auto"
-    mixed_precision: str = "no"
+    mixed_precision: str = "bf16"
     progress: bool = True
 
     def validate(self) -> None:
