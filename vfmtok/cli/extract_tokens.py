@@ -41,7 +41,8 @@ def command(
                                              "settings is resumed).")],
     tokenizer: Annotated[Path, typer.Option(
         "--tokenizer", help="Tokenizer: a train-tokenizer run directory, a .safetensors file (config.json beside "
-                            "it), or the authors' vfmtok-tokenizer.pt.")],
+                            "it), the authors' vfmtok-tokenizer.pt, or a Hub reference (hf://OWNER/REPO[/PATH][@REV], "
+                            "authors/tokenizer).")],
     aug: Annotated[Aug, typer.Option(
         "--aug", metavar="MODE", help="Views per image: none (ADM centre crop), flip (+ its mirror: 2), ten-crop "
                                       "(LlamaGen: 5 crops of a 1.1x centre crop + their mirrors: 10).")] = Aug.none,
@@ -74,8 +75,14 @@ def command(
     --overwrite. The store feeds `vfmtok train-ar --tokens OUT`. Extraction is deterministic, so --seed
     has no effect. See docs/token_store.md.
     """
+    from vfmtok.io.hub import resolve_path
     from vfmtok.jobs.extract import ExtractOptions, StoreMismatchError, extract_tokens, open_image_source
 
+    try:  # Hub references (hf://..., authors/NAME) -> files in the Hugging Face cache
+        tokenizer = resolve_path(tokenizer)
+        encoder_weights = None if encoder_weights is None else resolve_path(encoder_weights)
+    except (FileNotFoundError, ValueError) as err:
+        fail(str(err))
     if not tokenizer.exists():
         fail(f"--tokenizer {tokenizer}: not found (a run directory, .safetensors file, or vfmtok-tokenizer.pt)")
     if encoder_weights is not None and not encoder_weights.is_file():
