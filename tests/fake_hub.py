@@ -3,7 +3,7 @@
 Serves what `huggingface_hub` 2.x calls: `HEAD/GET /{repo}/resolve/{rev}/{path}` (ETag = git blob sha1 for small
 files, sha256 for "LFS" files, X-Repo-Commit, Range requests), `GET /api/models/{repo}/revision/{rev}`,
 `GET /api/models/{repo}/tree/{rev}`, and the upload path with every file committed as a "regular" (base64) file:
-`POST /api/repos/create`, `.../preupload/{rev}`, `.../commit/{rev}`. Plain files for URL downloads live under
+`POST /api/repos/create`, `/api/validate-yaml`, `.../preupload/{rev}`, `.../commit/{rev}`. Plain files for URL downloads live under
 `GET /files/{name}`. Faults for tests: `truncate_once` (first GET of a path closes the connection half way),
 `corrupt` (same size, one byte flipped), `wrong_size` (advertised size off by 7), `hits` counts GETs per path.
 """
@@ -37,6 +37,7 @@ class FakeHub:
         self.wrong_size: set[str] = set()
         self.hits: dict[str, int] = {}
         self.ranges: list[str] = []
+        self.validated: list[str] = []  # model cards sent to /api/validate-yaml
         self.lock = threading.Lock()
 
     def add_repo(self, repo_id: str, files: dict[str, bytes]) -> str:
@@ -165,6 +166,9 @@ class _Handler(BaseHTTPRequestHandler):
         hub = self.fake
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         parts = [unquote(p) for p in urlparse(self.path).path.strip("/").split("/")]
+        if parts[:2] == ["api", "validate-yaml"]:
+            hub.validated.append(json.loads(body)["content"])
+            return self._json(200, {"warnings": [], "errors": []})
         if parts[:3] == ["api", "repos", "create"]:
             doc = json.loads(body)
             repo_id = f"{doc['organization']}/{doc['name']}" if doc.get("organization") else doc["name"]

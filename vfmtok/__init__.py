@@ -15,6 +15,8 @@ _LAZY = {
     "create_gpt": ("vfmtok.models.gpt_io", "create_gpt"),
     "load_gpt": ("vfmtok.models.gpt_io", "load_gpt"),
     "generate": ("vfmtok.sampling", "generate"),
+    "save_pretrained": ("vfmtok.models.pretrained", "save_pretrained"),
+    "from_pretrained": ("vfmtok.models.pretrained", "from_pretrained"),
 }
 
 

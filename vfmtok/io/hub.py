@@ -265,3 +265,31 @@ def resolve_path(ref: str | os.PathLike, progress: bool = True) -> Path:
     """
     hub = parse_hub_ref(ref)
     return Path(ref) if hub is None else download_hub_ref(hub, progress=progress)
+
+
+def push_folder(folder: str | os.PathLike, repo_id: str, files: list[str], *, token: str | None = None,
+                private: bool = False, revision: str | None = None, commit_message: str = "Upload with vfmtok push"
+                ) -> str:
+    """Upload `files` (paths relative to `folder`) to the Hub model repository `repo_id` in one commit.
+
+    The repository is created when missing (`exist_ok`); `HF_ENDPOINT` is read now; the token is `token`, else
+    huggingface_hub's (`HF_TOKEN` or the stored login).
+
+    Returns:
+        The commit URL.
+
+    Raises:
+        ValueError: `repo_id` is not OWNER/NAME, or offline mode is set. huggingface_hub's HTTP errors
+            (`HfHubHTTPError`: authentication, permissions) pass through.
+    """
+    from huggingface_hub import HfApi
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", repo_id):
+        raise ValueError(f"repository {repo_id!r}: expected OWNER/NAME")
+    if hub_offline():
+        raise ValueError(f"cannot push to {repo_id}: HF_HUB_OFFLINE is set")
+    api = HfApi(endpoint=hub_endpoint(), token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, allow_patterns=list(files),
+                             revision=revision, commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))
