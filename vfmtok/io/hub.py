@@ -204,11 +204,12 @@ def verify_cached_blob(file: Path, ref: HubRef) -> None:
         pass
 
 
-def download_hub_ref(ref: HubRef, progress: bool = True) -> Path:
+def download_hub_ref(ref: HubRef, progress: bool = True, local_only: bool = False) -> Path:
     """Download (or find in the cache) the file or repository `ref` and verify it (see the module docstring).
 
     Args:
         ref: a parsed reference. progress: show `huggingface_hub`'s progress bar while downloading.
+        local_only: look in the cache only (as offline), never at the network.
 
     Returns:
         The cached file, or the snapshot folder for a whole-repository reference.
@@ -222,7 +223,7 @@ def download_hub_ref(ref: HubRef, progress: bool = True) -> Path:
     from huggingface_hub import errors
 
     kwargs = dict(repo_id=ref.repo_id, revision=ref.revision, cache_dir=str(hub_cache_dir()),
-                  local_files_only=hub_offline(), endpoint=hub_endpoint())
+                  local_files_only=hub_offline() or local_only, endpoint=hub_endpoint())
     if not progress:
         from huggingface_hub.utils import disable_progress_bars, enable_progress_bars, are_progress_bars_disabled
 
@@ -230,7 +231,7 @@ def download_hub_ref(ref: HubRef, progress: bool = True) -> Path:
         disable_progress_bars()
     try:
         if ref.path:
-            local = Path(hf.hf_hub_download(filename=ref.path, **kwargs))
+            local = Path(hf.hf_hub_download(filename=ref.path, etag_timeout=30, **kwargs))
             verify_cached_blob(local, ref)
             return local
         folder = Path(hf.snapshot_download(**kwargs))
@@ -242,7 +243,7 @@ def download_hub_ref(ref: HubRef, progress: bool = True) -> Path:
         raise HubFileMissing(f"{ref}: not found on the Hub ({ref.url()}): {type(err).__name__}") from err
     except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, errors.HfHubHTTPError,
             errors.FileMetadataError, ConnectionError) as err:
-        cause = "HF_HUB_OFFLINE is set" if hub_offline() else f"{type(err).__name__}: {str(err).splitlines()[0]}"
+        cause = "HF_HUB_OFFLINE is set" if hub_offline() else "cache only" if local_only else f"{type(err).__name__}: {str(err).splitlines()[0]}"
         raise HubFileMissing(_missing_message(ref, cause)) from err
     except OSError as err:
         if "Consistency check failed" not in str(err):
