@@ -17,6 +17,8 @@ _LAZY = {
     "create_rar": ("vfmtok.models.rar_io", "create_rar"),
     "load_rar": ("vfmtok.models.rar_io", "load_rar"),
     "generate": ("vfmtok.sampling", "generate"),
+    "save_pretrained": ("vfmtok.models.pretrained", "save_pretrained"),
+    "from_pretrained": ("vfmtok.models.pretrained", "from_pretrained"),
 }
 
 

@@ -41,8 +41,8 @@ def command(
                                              "settings is resumed).")],
     tokenizer: Annotated[Optional[Path], typer.Option(
         "--tokenizer", help="Tokenizer: a train-tokenizer run directory, a .safetensors file (config.json beside "
-                            "it), or the authors' vfmtok-tokenizer.pt. Default: the newest tokenizer run under "
-                            "./runs (printed).")] = None,
+                            "it), the authors' vfmtok-tokenizer.pt, or a Hub reference (hf://OWNER/REPO[/PATH][@REV], "
+                            "authors/tokenizer). Default: the newest tokenizer run under ./runs (printed).")] = None,
     aug: Annotated[Aug, typer.Option(
         "--aug", metavar="MODE", help="Views per image: none (ADM centre crop), flip (+ its mirror: 2), ten-crop "
                                       "(LlamaGen: 5 crops of a 1.1x centre crop + their mirrors: 10).")] = Aug.none,
@@ -84,9 +84,17 @@ def command(
         tokenizer = find_latest_run("runs", "tokenizer.safetensors", TOKENIZER_FORMAT)
         if tokenizer is None:
             fail("no --tokenizer given and no tokenizer run under ./runs: train one first (`vfmtok train-tokenizer "
-                 f"{data}` writes runs/tokenizer-tiny), or pass --tokenizer vfmtok-tokenizer.pt (the authors' file, "
-                 "docs/reproduce.md)")
+                 f"{data}` writes runs/tokenizer-tiny), or pass the authors' tokenizer: --tokenizer authors/tokenizer "
+                 "(Hugging Face Hub) or a downloaded vfmtok-tokenizer.pt (docs/reproduce.md)")
         typer.echo(f"tokenizer: {tokenizer} (newest tokenizer run under ./runs; --tokenizer to choose)")
+
+    from vfmtok.io.hub import resolve_path
+
+    try:  # Hub references (hf://..., authors/NAME) -> files in the Hugging Face cache
+        tokenizer = resolve_path(tokenizer)
+        encoder_weights = None if encoder_weights is None else resolve_path(encoder_weights)
+    except (FileNotFoundError, ValueError) as err:
+        fail(str(err))
     if not tokenizer.exists():
         fail(f"--tokenizer {tokenizer}: not found (a run directory, .safetensors file, or vfmtok-tokenizer.pt)")
     if encoder_weights is not None and not encoder_weights.is_file():

@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 import typer
 
 from vfmtok import __version__
-from vfmtok.cli import demo_data, evaluate, extract_tokens, prepare_data, sample, train_ar, train_tokenizer
+from vfmtok.cli import (convert, demo_data, evaluate, extract_tokens, prepare_data, push, reproduce, sample,
+                        train_ar, train_tokenizer)
 
 app = typer.Typer(
     name="vfmtok",
@@ -27,6 +28,9 @@ _SUBCOMMANDS = [
     ("sample", sample),
     ("evaluate", evaluate),
     ("demo-data", demo_data),
+    ("convert", convert),
+    ("push", push),
+    ("reproduce", reproduce),
 ]
 for _name, _module in _SUBCOMMANDS:
     app.command(_name, help=_module.command.__doc__, context_settings={"help_option_names": ["-h", "--help"]})(

@@ -46,10 +46,12 @@ def parse_classes(values: list[str] | None) -> list[int] | None:
 
 def command(
     ckpt: Annotated[Optional[Path], typer.Option(
-        "--ckpt", help="GPT: a train-ar run directory, a model.safetensors, or the authors' GPT-*.pt. "
+        "--ckpt", help="GPT: a train-ar run directory, a model.safetensors, the authors' GPT-*.pt, or a Hub reference "
+                       "(hf://OWNER/REPO[/PATH][@REV], authors/GPT-B; docs/hub.md). "
                        "Default: the run with the newest model.safetensors under ./runs (printed).")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option(
-        "--tokenizer", help="Tokenizer run directory, .safetensors, or vfmtok-tokenizer.pt. Default: the tokenizer "
+        "--tokenizer", help="Tokenizer run directory, .safetensors, vfmtok-tokenizer.pt, or a Hub reference (hf://..., "
+                            "authors/tokenizer). Default: the tokenizer "
                             "recorded in the GPT run's config.json (required for the authors' GPT-*.pt).")] = None,
     encoder_weights: Annotated[Optional[Path], typer.Option(
         "--encoder-weights", help="Frozen-encoder weights for the tokenizer. Decoding never reads them, so by "
@@ -134,7 +136,9 @@ def command(
         overwrite=overwrite, seed=seed, device=device, mixed_precision=getattr(mixed_precision, "value", mixed_precision),
         progress=progress,
     )
-    if encoder_weights is not None and not encoder_weights.is_file():
+    from vfmtok.io.hub import is_hub_ref
+
+    if encoder_weights is not None and not is_hub_ref(encoder_weights) and not encoder_weights.is_file():
         fail(f"--encoder-weights {encoder_weights}: file not found")
     try:
         run_sample(ckpt, tokenizer, out, opts, encoder_weights=encoder_weights,

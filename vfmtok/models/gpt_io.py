@@ -17,6 +17,7 @@ from typing import Any
 from torch import Tensor
 
 from vfmtok.configs import config_from_dict, config_to_dict
+from vfmtok.io.hub import resolve_path
 from vfmtok.io.state import floats_to_float32, strict_load
 from vfmtok.io.weights import load_official_pt, pick_state_dict, save_safetensors
 from vfmtok.models.gpt import GPT
@@ -98,6 +99,9 @@ def load_gpt(path: str | Path, **overrides: Any) -> GPT | RAR:
     """Load a GPT (eval mode, fp32, CPU) from our run dir, a `.safetensors` file, or the authors' `GPT-*.pt`.
 
     Accepted inputs:
+      * a Hub reference: `hf://OWNER/REPO/PATH[@REV]`, `hf://OWNER/REPO` (a pushed run) or `authors/GPT-B` ...
+        `authors/GPT-3B` (`vfmtok.io.hub.AUTHORS_FILES`), downloaded into the Hugging Face cache first, then
+        loaded as the file or folder it is;
       * a directory holding `model.safetensors` and `config.json` (written by `save_gpt` / train-ar);
       * a `.safetensors` file whose config is in `config.json` beside it or in its own metadata;
       * a RAR generator (run dir or `.safetensors`, ours or the authors', `vfmtok.models.rar_io.is_rar_checkpoint`)
@@ -113,12 +117,14 @@ def load_gpt(path: str | Path, **overrides: Any) -> GPT | RAR:
         path: file or directory. **overrides: GPTConfig fields to force (e.g. `n_head`, `grid_size`).
 
     Raises:
-        FileNotFoundError: nothing loadable at `path` (names the files expected).
+        FileNotFoundError: nothing loadable at `path` (names the files expected); `vfmtok.io.hub.HubFileMissing`
+            for a Hub file neither cached nor downloadable. `vfmtok.io.hub.HubFileCorrupt` (a ValueError): hash
+            mismatch of a Hub file.
         ValueError: config cannot be inferred, or the weights do not match it strictly (names the missing,
             unexpected or mis-shaped keys).
     """
 
-    path = Path(path)
+    path = resolve_path(path)
     if is_rar_checkpoint(path):  # RAR run dir or safetensors (ours or the authors'): same sampling protocol
         return load_rar(path, **overrides)
     if path.is_dir():

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from vfmtok.configs import config_from_dict, config_to_dict
+from vfmtok.io.hub import is_hub_ref, resolve_path
 from vfmtok.io.official import load_official_tokenizer_state
 from vfmtok.io.state import strict_load
 from vfmtok.io.weights import save_safetensors
@@ -48,7 +49,15 @@ def create_tokenizer(name_or_config: str | TokenizerConfig | dict = "tiny", enco
         KeyError, ValueError, RuntimeError, FileNotFoundError: see `resolve_config` and `VFMTokenizer`.
     """
 
-    return VFMTokenizer(resolve_config(name_or_config, **overrides), encoder_weights=encoder_weights)
+    return VFMTokenizer(resolve_config(name_or_config, **overrides), encoder_weights=local_weights(encoder_weights))
+
+
+def local_weights(source: Any) -> Any:
+    """`encoder_weights` with a Hub reference (`hf://...`, `authors/NAME`) downloaded to a local file; other
+    values unchanged. Raises what `vfmtok.io.hub.resolve_path` raises."""
+    if isinstance(source, (str, Path)) and is_hub_ref(source):
+        return resolve_path(source)
+    return source
 
 
 def save_tokenizer(tok: VFMTokenizer, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -97,13 +106,15 @@ def load_tokenizer(path: str | Path, encoder_weights: str | Path | None = None,
 
     Args:
         path: one of
+            * a Hub reference, `hf://OWNER/REPO/PATH[@REV]`, `hf://OWNER/REPO` (a pushed run) or
+              `authors/tokenizer`, downloaded into the Hugging Face cache first (`vfmtok.io.hub`);
             * a run directory holding `tokenizer.safetensors` + `config.json`;
             * a `.safetensors` file with `config.json` beside it;
             * the authors' `vfmtok-tokenizer.pt` (its `ema` entry; config = `vfmtok-l` unless `config` is given),
               loaded strictly: every key consumed, shapes equal, only the frozen encoder absent
               (`slot_quantize.codebook_used` is accepted and ignored; backbone keys, if present, are used
               as encoder weights when `encoder_weights` is None).
-        encoder_weights: frozen encoder source (see `create_tokenizer`); None = what the run recorded
+        encoder_weights: frozen encoder source (see `create_tokenizer`; a Hub reference works too); None = what the run recorded
             (its weights file if it still exists), else the config default.
         config: override the config (preset name, TokenizerConfig or dict); needed for official files of a
             non-default shape.
@@ -113,11 +124,14 @@ def load_tokenizer(path: str | Path, encoder_weights: str | Path | None = None,
             of an authors' file are then ignored; `encoder_weights` must be None.
 
     Raises:
-        FileNotFoundError: path or companion files missing. ValueError: keys/shapes do not match (names them),
-            or encoder_weights given with with_encoder=False.
+        FileNotFoundError: path or companion files missing (`vfmtok.io.hub.HubFileMissing` for a Hub file that
+            is neither cached nor downloadable). ValueError: keys/shapes do not match (names them);
+            `vfmtok.io.hub.HubFileCorrupt` for a Hub file whose hash does not match. Also ValueError: encoder_weights given with
+            with_encoder=False.
     """
 
-    path = Path(path)
+    path = resolve_path(path)
+    encoder_weights = local_weights(encoder_weights)
     if not path.exists():
         raise FileNotFoundError(f"tokenizer checkpoint not found: {path}")
     recorded = None

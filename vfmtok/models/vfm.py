@@ -133,7 +133,9 @@ class FrozenVFM(nn.Module):
 
     Args:
         name: timm model name, e.g. "vit_large_patch14_reg4_dinov2.lvd142m" (a pretrained tag selects the
-            weight source used when `weights="pretrained"`).
+            weight source used when `weights="pretrained"`); a `timm:` prefix is accepted and removed
+            ("timm:vit_large_patch14_reg4_dinov2.lvd142m"). With `weights="pretrained"` the weights come through
+            timm's own pretrained mechanism (the Hugging Face cache, downloaded when online).
         image_size: side in pixels the input is resized to (336 in the paper -> 24 x 24 patches).
         levels: 0-based block indices whose outputs are returned (paper (5, 11, 17, 23)).
         norm_last: apply the final LayerNorm to the last level (paper: True).
@@ -155,6 +157,7 @@ class FrozenVFM(nn.Module):
 
         from timm.models import parse_model_name
 
+        name = name[len("timm:"):] if name.startswith("timm:") else name
         # registry names (with or without a '.tag') are checked here; 'hf-hub:...' names are resolved by timm itself
         if parse_model_name(name)[0] is None and not timm.is_model(name):
             raise ValueError(f"vfm_name {name!r}: timm {timm.__version__} has no such model; the DINOv2 ones are "

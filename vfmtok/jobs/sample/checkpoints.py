@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vfmtok.io.files import read_json_dict
+from vfmtok.io.hub import resolve_path
 from vfmtok.io.runs import find_latest_run
 
 GPT_FORMAT = "vfmtok.gpt"
@@ -66,12 +67,15 @@ def resolve_checkpoints(ckpt: str | Path | None, tokenizer: str | Path | None, r
     "path" recorded in the manifest of the run's "token_store"; a relative path is looked up relative to the
     run folder, then to the current directory.
 
+    `ckpt` and `tokenizer` may be Hub references (`hf://...`, `authors/NAME`; `vfmtok.io.hub`): they are
+    downloaded into the Hugging Face cache (or found there) first.
+
     Raises:
         FileNotFoundError: a path that does not exist; no tokenizer given and none recorded (explains
-            `--tokenizer`).
+            `--tokenizer`); a Hub file neither cached nor downloadable. ValueError: a corrupt Hub file.
     """
     auto = ckpt is None
-    gpt = find_latest_gpt_run(runs_root) if auto else Path(ckpt)
+    gpt = find_latest_gpt_run(runs_root) if auto else resolve_path(ckpt)
     if not gpt.exists():
         raise FileNotFoundError(f"--ckpt {gpt}: not found (a GPT run directory, a .safetensors, or GPT-*.pt)")
     gpt_file = gpt / "model.safetensors" if gpt.is_dir() else gpt
@@ -99,7 +103,7 @@ def resolve_checkpoints(ckpt: str | Path | None, tokenizer: str | Path | None, r
         if tok_path is None:
             raise FileNotFoundError(f"the tokenizer recorded by {gpt} ({recorded}) was not found; pass --tokenizer")
     else:
-        tok_path = Path(tokenizer)
+        tok_path = resolve_path(tokenizer)
         if not tok_path.exists():
             raise FileNotFoundError(f"--tokenizer {tok_path}: not found (a tokenizer run directory, a .safetensors, "
                                     "or vfmtok-tokenizer.pt)")
