@@ -119,7 +119,7 @@ def test_sigterm_on_one_rank_stops_both_ranks_after_the_same_step(tmp_path):
 def test_stop_check_makes_no_tensor_op_in_one_process(tmp_path):
     tr = build(tmp_path, steps=1)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        assert tr._should_stop() is None
-        tr._on_signal(signal.SIGTERM, None)
-        assert tr._should_stop() == signal.SIGTERM
+        assert tr.stop.after_step(tr.world_size) is None
+        tr.stop.handle(signal.SIGTERM, None)
+        assert tr.stop.after_step(tr.world_size) == signal.SIGTERM
     assert [e.name for e in prof.events()] == []  # old: a tensor + .item() per step

@@ -6,7 +6,7 @@ trainer draws `grad_accum` micro-batches from a `RankDisjointSampler` loader, ca
 optimizer, scaled by 1/grad_accum), averages the logged values over micro-batches and ranks, checks that every
 loss and gradient norm is finite, clips gradients, steps the optimizers that received a loss and their
 schedulers, updates the EMAs, logs to `metrics.jsonl` and checkpoints every `save_every` steps, at the end and on
-SIGTERM/SIGINT. Resumption restores models, optimizers, schedulers, EMAs, extra state, the step (hence the data
+SIGTERM/SIGINT (`vfmtok.engine.signals`). Resumption (`vfmtok.engine.trainer_state`) restores models, optimizers, schedulers, EMAs, extra state, the step (hence the data
 position) and per-rank RNG states: on CPU a resumed run is bit-identical to an uninterrupted one.
 
 FSDP: a model already sharded with `vfmtok.engine.fsdp.shard_model` (FSDP2 `fully_shard`) is used as is (not
@@ -34,17 +34,14 @@ from torch import nn
 from torch.optim import Optimizer
 from tqdm.auto import tqdm
 
-from vfmtok.engine.checkpoint import (
-    capture_rng, latest_checkpoint, read_checkpoint, read_sharded, restore_rng, write_checkpoint,
-)
-from vfmtok.engine.loader import make_loader
+from vfmtok.engine.checkpoint import latest_checkpoint
 from vfmtok.engine.ema import EMA
-from vfmtok.engine.fsdp import (
-    full_tensor, is_dtensor, is_fsdp, load_sharded_model_state, sharded_model_state,
-)
+from vfmtok.engine.fsdp import full_tensor, is_dtensor, is_fsdp
+from vfmtok.engine.loader import make_loader
 from vfmtok.engine.metrics_log import MetricsLogger
 from vfmtok.engine.sampler import RankDisjointSampler
-from vfmtok.io.state import strict_load
+from vfmtok.engine.signals import StopSignals
+from vfmtok.engine.trainer_state import restore_trainer_checkpoint, save_trainer_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +215,7 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.checkpoints = self.out_dir / "checkpoints"
         self.metrics = MetricsLogger(self.out_dir / "metrics.jsonl", accelerator.is_main_process, config.tensorboard)
-        self._stop_signal: int | None = None
-        self._stop_agreed = False  # some rank had a stop signal at the last step's all-reduce (world_size > 1)
+        self.stop = StopSignals(announce=accelerator.is_main_process)
 
     # -- helpers ----------------------------------------------------------------------------
     @property
@@ -234,53 +230,15 @@ class Trainer:
         """The bare module of model `name` (without DDP / compile wrappers)."""
         return self.accelerator.unwrap_model(self.models[name])
 
-    def _barrier(self) -> None:
+    def barrier(self) -> None:
+        """Wait for every process (no-op with one)."""
         if self.world_size > 1:
             self.accelerator.wait_for_everyone()
 
-    # -- checkpoints --------------------------------------------------------------------------
-    def _module_state(self, name: str) -> dict[str, torch.Tensor]:
-        module = self.unwrap(name)
-        frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
-        return {k: v.detach().cpu() for k, v in module.state_dict().items() if k not in frozen}
-
-    def _state(self) -> dict[str, Any]:
-        fsdp = self.fsdp_models
-        return {
-            "models": {n: self._module_state(n) for n in self.models if n not in fsdp},
-            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items() if n not in fsdp},
-            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
-            "ema": {n: e.state_dict() for n, e in self.emas.items() if n not in fsdp},
-            "extra": {n: o.state_dict() for n, o in self.extra_state.items()},
-            "counters": {"skipped_steps": self.skipped_steps},
-        }
-
-    def _sharded_state(self) -> dict[str, Any]:
-        """This rank's shards of the FSDP models, their optimizers and EMAs (DTensors, for DCP; no copies)."""
-        out: dict[str, Any] = {"models": {}, "optimizers": {}, "ema": {}}
-        for n in self.fsdp_models:
-            out["models"][n], optim = sharded_model_state(self.models[n], self.optimizers.get(n))
-            if optim is not None:
-                out["optimizers"][n] = optim
-            if n in self.emas:
-                out["ema"][n] = {"decay": self.emas[n].decay, "shadow": dict(self.emas[n].shadow)}
-        return out
-
+    # -- checkpoints (vfmtok.engine.trainer_state) ---------------------------------------------
     def save_checkpoint(self) -> Path:
         """Write the checkpoint of the current step (collective: every rank calls it)."""
-        epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
-        meta = {
-            "step": self.step, "epoch": epoch, "step_in_epoch": in_epoch, "world_size": self.world_size,
-            "global_batch": self.config.global_batch, "num_samples": self.sampler.num_samples,
-            "seed": self.config.seed, "time": time.time(),
-        }
-        if self.fsdp_models:
-            meta["fsdp"] = sorted(self.fsdp_models)
-        return write_checkpoint(
-            self.checkpoints, self.step, self._state if self.rank == 0 else None, capture_rng(), meta,
-            rank=self.rank, barrier=self._barrier, keep_last=self.config.keep_last,
-            sharded_state=self._sharded_state if self.fsdp_models else None,
-        )
+        return save_trainer_checkpoint(self)
 
     def load_checkpoint(self, path: str | Path | None = None) -> Path:
         """Restore everything from `path` (default: the latest checkpoint of the run).
@@ -288,71 +246,7 @@ class Trainer:
         Raises:
             FileNotFoundError: no checkpoint. ValueError: the checkpoint does not match this run (names what).
         """
-        path = Path(path) if path is not None else latest_checkpoint(self.checkpoints)
-        if path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint found under {self.checkpoints}")
-        state, rng, meta = read_checkpoint(path, self.rank)
-        for key, mine in (("global_batch", self.config.global_batch), ("num_samples", self.sampler.num_samples),
-                          ("seed", self.config.seed)):
-            if meta.get(key) != mine:
-                raise ValueError(f"{path}: checkpoint was written with {key}={meta.get(key)}, this run has {mine}; "
-                                 "resume with the same data, --batch-size and --seed")
-        if sorted(meta.get("fsdp", [])) != sorted(self.fsdp_models):
-            raise ValueError(f"{path}: checkpoint was written with FSDP models {meta.get('fsdp', [])}, this run "
-                             f"shards {sorted(self.fsdp_models)}; resume with the same --fsdp setting")
-        for name in self.models:
-            if name in self.fsdp_models:
-                continue
-            module = self.unwrap(name)
-            frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
-            strict_load(module, state["models"][name], str(path), what=f"model {name!r}", allowed_missing=frozen)
-        for name, opt in self.optimizers.items():
-            if name not in self.fsdp_models:
-                opt.load_state_dict(state["optimizers"][name])
-        for name, sched in self.schedulers.items():
-            sched.load_state_dict(state["schedulers"][name])
-        for name, ema in self.emas.items():
-            if name not in self.fsdp_models:
-                ema.load_state_dict(state["ema"][name])
-        if self.fsdp_models:
-            sharded = read_sharded(path, self._sharded_state())  # loads in place (the EMA shadows directly)
-            for name in self.fsdp_models:
-                load_sharded_model_state(self.models[name], self.optimizers.get(name), sharded["models"][name],
-                                         sharded["optimizers"].get(name))
-                if name in self.emas:
-                    self.emas[name].load_state_dict(sharded["ema"][name])
-        for name, obj in self.extra_state.items():
-            obj.load_state_dict(state["extra"][name])
-        self.skipped_steps = int(state["counters"]["skipped_steps"])
-        self.step = int(meta["step"])
-        if rng is not None and meta.get("world_size") == self.world_size:
-            restore_rng(rng)
-        else:
-            log.warning("%s: RNG state of rank %d not restored (world size %s -> %d); resumption is not bit-exact",
-                        path, self.rank, meta.get("world_size"), self.world_size)
-        return path
-
-    # -- signals ------------------------------------------------------------------------------
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: stop now
-        self._stop_signal = signum
-        if self.accelerator.is_main_process:
-            log.warning("received %s: saving a checkpoint after this step, then stopping",
-                        signal.Signals(signum).name)
-
-    def _should_stop(self) -> int | None:
-        """The signal to stop on after the step just completed, or None (no tensor, collective or sync).
-
-        One process: the handler's flag. Several: whether any rank had received a signal by the all-reduce of the
-        step's logged values (`_train_step`), so every rank stops after the same step; a rank that received none
-        reports SIGTERM.
-        """
-        if self.world_size == 1:
-            return self._stop_signal
-        if not self._stop_agreed:
-            return None
-        return self._stop_signal or int(signal.SIGTERM)
+        return restore_trainer_checkpoint(self, path)
 
     # -- one optimizer step -------------------------------------------------------------------
     def _scaler(self) -> Any:
@@ -397,9 +291,9 @@ class Trainer:
         keys = sorted(sums)
         parts = [torch.as_tensor(sums[k], device=self.device).float().reshape(()) for k in keys]
         if self.world_size > 1:  # the stop flag rides on this all-reduce: no extra collective or sync per step
-            parts.append(torch.full((), float(self._stop_signal is not None), device=self.device))
+            parts.append(torch.full((), self.stop.local_flag(), device=self.device))
             values = self.accelerator.reduce(torch.stack(parts), reduction="mean").tolist()
-            self._stop_agreed = values.pop() > 0  # same on every rank: all stop after the same step
+            self.stop.agreed = values.pop() > 0  # same on every rank: all stop after the same step
         else:
             values = torch.stack(parts).tolist() if parts else []
         record: dict[str, Any] = dict(zip(keys, values))
@@ -492,12 +386,7 @@ class Trainer:
         self.metrics.truncate_after(self.step)
         for model in self.models.values():
             model.train()
-        handlers = {}
-        try:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                handlers[sig] = signal.signal(sig, self._on_signal)
-        except ValueError:  # not in the main thread: no signal handling
-            handlers = {}
+        self.stop.install()
         ckpt: Path | None = None
         saved_at = -1
         pbar = tqdm(total=cfg.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
@@ -536,7 +425,7 @@ class Trainer:
                         print_start, print_steps = now, 0
                     if cfg.save_every and self.step % cfg.save_every == 0:
                         ckpt, saved_at = self.save_checkpoint(), self.step
-                    stop = self._should_stop()
+                    stop = self.stop.after_step(self.world_size)
                     if stop is not None:
                         if saved_at != self.step:
                             ckpt, saved_at = self.save_checkpoint(), self.step
@@ -551,5 +440,4 @@ class Trainer:
         finally:
             pbar.close()
             self.metrics.close()
-            for sig, old in handlers.items():
-                signal.signal(sig, old)
+            self.stop.uninstall()
