@@ -43,6 +43,7 @@ from vfmtok.engine.metrics import CodebookUsage
 from vfmtok.engine.schedule import WarmupConstant, warmup_constant_schedule
 from vfmtok.engine.trainer import StepOutput, Trainer, TrainerConfig, TrainResult, seed_everything
 from vfmtok.losses import LPIPS, TokenizerLossConfig, adversarial_weight, generator_loss, hinge_d_loss
+from vfmtok.models.vgg16_weights import warn_if_poisoned_torchvision_vgg16
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +279,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TrainResult:
                     "(use a smaller --ema-decay for short runs)", cfg.ema_decay, total)
     disc_kind = _resolve_disc(cfg)
     disc = create_discriminator(disc_kind, cfg.disc_weights) if disc_kind != "none" else None
+    warn_if_poisoned_torchvision_vgg16()  # a file earlier versions wrote into torchvision's cache (issue #19)
     lpips_fn = LPIPS().to(accelerator.device) if cfg.loss.perceptual_weight > 0 else None
     opt_tok = torch.optim.Adam(list(tok.trainable_parameters()), lr=cfg.lr, betas=cfg.betas)
     models: dict[str, torch.nn.Module] = {"tok": tok}
