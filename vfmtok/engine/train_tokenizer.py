@@ -86,6 +86,8 @@ class TokenizerTrainConfig:
         out: run directory.
         preset: tokenizer preset ("tiny", "vfmtok-l").
         tokenizer_overrides: `TokenizerConfig` fields replacing the preset's (e.g. {"codebook_size": 4096}).
+        encoder: frozen encoder name (`vfmtok.models.encoders`), applied before `tokenizer_overrides`; None = the
+            preset's.
         steps / epochs: length of the run (total optimizer steps; `steps` wins; default 1 epoch).
         batch_size: global batch (all processes and accumulation micro-batches).
         grad_accum: micro-batches per step.
@@ -104,6 +106,7 @@ class TokenizerTrainConfig:
     out: str
     preset: str = "tiny"
     tokenizer_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    encoder: str | None = None
     steps: int | None = None
     epochs: float | None = None
     batch_size: int = 16
@@ -260,7 +263,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TrainResult:
     accelerator = make_accelerator(cfg.device, cfg.mixed_precision,
                                    find_unused_parameters=cfg.loss.semantic_weight == 0)
     seed_everything(cfg.seed)  # model initialisation (identical on every rank)
-    tok = create_tokenizer(cfg.preset, encoder_weights=cfg.encoder_weights, **cfg.tokenizer_overrides)
+    overrides = {**({"encoder": cfg.encoder} if cfg.encoder else {}), **cfg.tokenizer_overrides}
+    tok = create_tokenizer(cfg.preset, encoder_weights=cfg.encoder_weights, **overrides)
     size = tok.config.image_size
     dataset = AugmentedImages(open_image_dataset(cfg.data), size, seed=cfg.seed)
     micro_total = accelerator.num_processes * cfg.grad_accum
@@ -309,8 +313,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_args.json").write_text(json.dumps(
             {"command": sys.argv, "settings": settings, "time": time.time()}, indent=1, default=str) + "\n")
-        log.info("training %s on %d images: %d steps (%d per epoch), global batch %d, disc %s",
-                 cfg.preset, len(dataset), total, steps_per_epoch, cfg.batch_size, disc_kind)
+        log.info("training %s (encoder %s, %s) on %d images: %d steps (%d per epoch), global batch %d, disc %s",
+                 cfg.preset, tok.config.encoder, tok.config.vfm_name, len(dataset), total, steps_per_epoch,
+                 cfg.batch_size, disc_kind)
     if cfg.resume and not has_ckpt and accelerator.is_main_process:
         log.warning("--resume: no checkpoint under %s yet; starting from scratch", out / "checkpoints")
     result = trainer.fit(resume=cfg.resume and has_ckpt)
