@@ -36,8 +36,12 @@ step inception-weights python -m vfmtok.metrics.weights "$OUT/inception_fid_help
 # The tiny tokenizer at 56 px (pixel decoder 7 -> 56): many cheap steps learn faster on 2 CPU cores than
 # fewer 112 px steps (docs/quickstart.md, "What the demo shows").
 TOK_SIZE=56
+# Frozen encoder (docs/encoders.md): DEMO_ENCODER=NAME swaps the tiny preset's frozen random ViT for another one
+# (benchmarks/encoder_ablation.py compares them).
+ENCODER_ARGS=()
+if [[ -n "${DEMO_ENCODER:-}" ]]; then ENCODER_ARGS=(--encoder "$DEMO_ENCODER"); fi
 step train-tokenizer vfmtok train-tokenizer "$OUT/data/train" --out "$OUT/runs/tokenizer" --preset tiny \
-  --set image_size=$TOK_SIZE --set 'pixel_ch_mult=[1,1,2,2]' \
+  ${ENCODER_ARGS[@]+"${ENCODER_ARGS[@]}"} --set image_size=$TOK_SIZE --set 'pixel_ch_mult=[1,1,2,2]' \
   --steps "$TOK_STEPS" --batch-size 4 --lr 1e-3 --warmup-steps 20 --ema-decay 0.99 --disc none --perceptual-weight 0 \
   --grid-every "$TOK_STEPS" --save-every "$TOK_STEPS" --log-every 50 --print-every 250 --num-workers 0 --no-progress
 step evaluate-tokenizer vfmtok evaluate --tokenizer "$OUT/runs/tokenizer" --data "$OUT/data/val" \

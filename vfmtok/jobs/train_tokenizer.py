@@ -44,6 +44,7 @@ from vfmtok.engine.schedule import WarmupConstant, warmup_constant_schedule
 from vfmtok.engine.trainer import StepOutput, Trainer, TrainerConfig, TrainResult, seed_everything
 from vfmtok.metrics.codebook import CodebookUsage
 from vfmtok.losses import LPIPS, TokenizerLossConfig, adversarial_weight, generator_loss, hinge_d_loss
+from vfmtok.models.vgg16_weights import warn_if_poisoned_torchvision_vgg16
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class TokenizerTrainConfig:
         out: run directory.
         preset: tokenizer preset ("tiny", "vfmtok-l").
         tokenizer_overrides: `TokenizerConfig` fields replacing the preset's (e.g. {"codebook_size": 4096}).
+        encoder: frozen encoder name (`vfmtok.models.encoders`), applied before `tokenizer_overrides`; None = the
+            preset's.
         steps / epochs: length of the run (total optimizer steps; `steps` wins; default 1 epoch).
         batch_size: global batch (all processes and accumulation micro-batches).
         grad_accum: micro-batches per step.
@@ -104,6 +107,7 @@ class TokenizerTrainConfig:
     out: str
     preset: str = "tiny"
     tokenizer_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    encoder: str | None = None
     steps: int | None = None
     epochs: float | None = None
     batch_size: int = 16
@@ -260,7 +264,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TrainResult:
     accelerator = make_accelerator(cfg.device, cfg.mixed_precision,
                                    find_unused_parameters=cfg.loss.semantic_weight == 0)
     seed_everything(cfg.seed)  # model initialisation (identical on every rank)
-    tok = create_tokenizer(cfg.preset, encoder_weights=cfg.encoder_weights, **cfg.tokenizer_overrides)
+    overrides = {**({"encoder": cfg.encoder} if cfg.encoder else {}), **cfg.tokenizer_overrides}
+    tok = create_tokenizer(cfg.preset, encoder_weights=cfg.encoder_weights, **overrides)
     size = tok.config.image_size
     dataset = AugmentedImages(open_image_dataset(cfg.data), size, seed=cfg.seed)
     micro_total = accelerator.num_processes * cfg.grad_accum
@@ -279,6 +284,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TrainResult:
                     "(use a smaller --ema-decay for short runs)", cfg.ema_decay, total)
     disc_kind = _resolve_disc(cfg)
     disc = create_discriminator(disc_kind, cfg.disc_weights) if disc_kind != "none" else None
+    warn_if_poisoned_torchvision_vgg16()  # a file earlier versions wrote into torchvision's cache (issue #19)
     lpips_fn = LPIPS().to(accelerator.device) if cfg.loss.perceptual_weight > 0 else None
     opt_tok = torch.optim.Adam(list(tok.trainable_parameters()), lr=cfg.lr, betas=cfg.betas)
     models: dict[str, torch.nn.Module] = {"tok": tok}
@@ -309,8 +315,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_args.json").write_text(json.dumps(
             {"command": sys.argv, "settings": settings, "time": time.time()}, indent=1, default=str) + "\n")
-        log.info("training %s on %d images: %d steps (%d per epoch), global batch %d, disc %s",
-                 cfg.preset, len(dataset), total, steps_per_epoch, cfg.batch_size, disc_kind)
+        log.info("training %s (encoder %s, %s) on %d images: %d steps (%d per epoch), global batch %d, disc %s",
+                 cfg.preset, tok.config.encoder, tok.config.vfm_name, len(dataset), total, steps_per_epoch,
+                 cfg.batch_size, disc_kind)
     if cfg.resume and not has_ckpt and accelerator.is_main_process:
         log.warning("--resume: no checkpoint under %s yet; starting from scratch", out / "checkpoints")
     result = trainer.fit(resume=cfg.resume and has_ckpt)

@@ -90,7 +90,8 @@ class RegionEncoder(nn.Module):
     """Region-adaptive quantization encoder (trainable part; the frozen VFM is passed in as features).
 
     Args:
-        in_dim: VFM channel width C (1024 for DINOv2-L).
+        in_dim: encoder channel width C (1024 for DINOv2-L), or one width per level (CNN pyramids); the levels may
+            also differ in grid size (each a square, read through its own spatial shape).
         dim: model width D (512).
         levels: number of VFM levels L (4).
         num_queries: Q queries on a sqrt(Q) x sqrt(Q) grid (256 -> 16 x 16).
@@ -101,11 +102,14 @@ class RegionEncoder(nn.Module):
         ffn_dim: FFN hidden width (min(4 D, 1024) = 1024 in the paper).
     """
 
-    def __init__(self, in_dim: int = 1024, dim: int = 512, levels: int = 4, num_queries: int = 256, depth: int = 6,
-                 heads: int = 8, deform_heads: int = 8, points: int = 4, ffn_dim: int = 1024) -> None:
+    def __init__(self, in_dim: int | Sequence[int] = 1024, dim: int = 512, levels: int = 4, num_queries: int = 256,
+                 depth: int = 6, heads: int = 8, deform_heads: int = 8, points: int = 4, ffn_dim: int = 1024) -> None:
         super().__init__()
-        self.levels, self.num_queries = levels, num_queries
-        self.projectors = nn.ModuleList(LevelProjector(in_dim, dim) for _ in range(levels))
+        in_dims = [in_dim] * levels if isinstance(in_dim, int) else list(in_dim)
+        if len(in_dims) != levels:
+            raise ValueError(f"RegionEncoder: {len(in_dims)} level widths {in_dims} for {levels} levels")
+        self.levels, self.num_queries, self.in_dims = levels, num_queries, in_dims
+        self.projectors = nn.ModuleList(LevelProjector(c, dim) for c in in_dims)
         self.norm_layers = nn.ModuleList(nn.LayerNorm(dim) for _ in range(levels))
         self.carrier_tokens = nn.Parameter(torch.randn(1, num_queries, dim) * dim ** -0.5)
         self.norm_pre1 = nn.LayerNorm(dim)
@@ -114,9 +118,16 @@ class RegionEncoder(nn.Module):
                                                   deform_heads=deform_heads, levels=levels, points=points)
 
     def project_levels(self, levels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """VFM levels, each (B, N, C) -> projected (B, N, D) (projector then `norm_layers`)."""
+        """VFM levels, each (B, N_l, C_l) -> projected (B, N_l, D) (projector then `norm_layers`).
+
+        Raises:
+            ValueError: wrong number of levels or a level width other than `in_dims[l]`.
+        """
         if len(levels) != self.levels:
             raise ValueError(f"RegionEncoder expects {self.levels} VFM levels, got {len(levels)}")
+        for i, (feats, c) in enumerate(zip(levels, self.in_dims)):
+            if feats.shape[-1] != c:
+                raise ValueError(f"RegionEncoder: level {i} has width {feats.shape[-1]}, expected {c}")
         return [norm(proj(feats)) for proj, norm, feats in zip(self.projectors, self.norm_layers, levels)]
 
     def forward(self, levels: Sequence[torch.Tensor], carrier: torch.Tensor | None = None,

@@ -10,7 +10,8 @@ see shared/reference/vfmtok.md section 1 and docs/tokenizer.md.
       ── post_slots_quant (d -> D) ── decode_transformer (ViTDecoder) ──▶ (B, D, g, g)   g = S/16 = 21
       ── decoder (PixelDecoder) ──▶ recon (B, 3, S, S), unbounded               S = 336
 
-The frozen VFM is NOT a registered submodule: it is kept in a plain attribute so that it never appears in
+The frozen encoder is any entry of `vfmtok.models.encoders` (DINOv2 by default; other timm ViTs, CNN pyramids
+whose levels differ in grid size and width, VGG16). It is NOT a registered submodule: it is kept in a plain attribute so that it never appears in
 `state_dict()`, `parameters()` (optimizers, DDP) or saved weights, while `.to()/.cuda()/.half()` still move
 it (`_apply` is overridden). Deep copies (e.g. an EMA model) share the same frozen encoder until one of them
 is moved or cast, which then takes a private copy (so `copy.deepcopy(tok).to("cpu")` leaves `tok` alone).
@@ -34,6 +35,8 @@ from torch import nn
 from vfmtok.models.pixel_decoder import PixelDecoder, PixelDecoderConfig
 from vfmtok.models.quantizer import VectorQuantizer
 from vfmtok.models.region_encoder import RegionEncoder
+from vfmtok.models.cnn_encoder import FrozenCNN
+from vfmtok.models.encoders import build_encoder
 from vfmtok.models.tokenizer_config import TokenizerConfig
 from vfmtok.models.vfm import FrozenVFM
 from vfmtok.models.vit_decoder import ViTDecoder, ViTDecoderConfig
@@ -55,8 +58,9 @@ class TokenizerOutput:
         codes: (B, L) int64 code indices, raster order of the query grid.
         vq_codebook_loss: scalar, mean((zq - sg(z))^2) (weight 1 applied).
         vq_commit_loss: scalar, 0.25 * mean((sg(zq) - z)^2) (weight applied).
-        semantic_pred: (B, P, C) predicted VFM last-level features, or None.
-        semantic_target: (B, P, C) frozen VFM final-normed last level (no grad), or None.
+        semantic_pred: (B, P, C) predicted encoder features of the semantic level, or None.
+        semantic_target: (B, P, C) the frozen encoder's semantic level (`config.semantic_level`; default the last,
+            final-normed for ViTs as in the paper; no grad), or None.
     """
 
     recon: torch.Tensor
@@ -119,7 +123,9 @@ class VFMTokenizer(nn.Module):
 
     Raises:
         RuntimeError / FileNotFoundError / ValueError: encoder weights unavailable or not fitting (the message
-            names the file and where to put it); ValueError: encoder_weights given with with_encoder=False.
+            names the file and where to put it); wrong levels, semantic level, or an image size the encoder's
+            patch does not divide (see `vfmtok.models.encoders.build_encoder`); encoder_weights given with
+            with_encoder=False.
     """
 
     def __init__(self, config: TokenizerConfig, encoder_weights: str | Path | dict | None = None, *,
@@ -136,18 +142,16 @@ class VFMTokenizer(nn.Module):
         if with_encoder:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.vfm_seed)
-                vfm = FrozenVFM(config.vfm_name, config.image_size, config.vfm_levels, norm_last=True,
-                                weights=encoder_weights, timm_kwargs=config.vfm_kwargs)
+                vfm = build_encoder(config, encoder_weights)
         else:  # shape only: nothing allocated, no init, and the global RNG is left alone
             with torch.device("meta"):
-                vfm = FrozenVFM(config.vfm_name, config.image_size, config.vfm_levels, norm_last=True,
-                                weights="random", timm_kwargs=config.vfm_kwargs)
-        if config.image_size % vfm.patch_size:
-            raise ValueError(f"image_size {config.image_size} is not a multiple of the encoder patch {vfm.patch_size}")
+                vfm = build_encoder(config, "random")
+        config.vfm_levels = tuple(vfm.levels)  # () (family default) resolved, so config.json records the levels
         object.__setattr__(self, "_frozen", _SharedFrozen(vfm) if with_encoder else None)
         c = config
+        sem = c.semantic_level % len(vfm.levels)
         self.encode_transformer = RegionEncoder(
-            in_dim=vfm.embed_dim, dim=c.dim, levels=len(c.vfm_levels), num_queries=c.num_queries,
+            in_dim=vfm.level_dims, dim=c.dim, levels=len(vfm.levels), num_queries=c.num_queries,
             depth=c.encoder_depth, heads=c.encoder_heads, deform_heads=c.deform_heads, points=c.deform_points,
             ffn_dim=c.encoder_ffn_dim)
         self.pre_slots_quant = nn.Linear(c.dim, c.codebook_dim)
@@ -155,8 +159,8 @@ class VFMTokenizer(nn.Module):
         self.post_slots_quant = nn.Linear(c.codebook_dim, c.dim)
         self.decode_transformer = ViTDecoder(ViTDecoderConfig(
             dim=c.dim, depth=c.decoder_depth, num_heads=c.decoder_heads, mlp_dim=c.decoder_mlp_dim,
-            num_slots=c.num_queries, enc_grid=vfm.grid_size, dec_grid=c.decoder_grid,
-            num_registers=c.decoder_registers, semantic_dim=c.semantic_dim or vfm.embed_dim,
+            num_slots=c.num_queries, enc_grid=vfm.level_grids[sem], dec_grid=c.decoder_grid,
+            num_registers=c.decoder_registers, semantic_dim=c.semantic_dim or vfm.level_dims[sem],
             attn_dropout=c.decoder_attn_dropout))
         self.decoder = PixelDecoder(PixelDecoderConfig(
             z_channels=c.dim, ch=c.pixel_ch, ch_mult=c.pixel_ch_mult, num_res_blocks=c.pixel_num_res_blocks))
@@ -173,8 +177,8 @@ class VFMTokenizer(nn.Module):
         return self._frozen is not None
 
     @property
-    def vfm(self) -> FrozenVFM:
-        """The frozen encoder (not part of state_dict/parameters).
+    def vfm(self) -> FrozenVFM | FrozenCNN:
+        """The frozen encoder (`FrozenVFM` or `FrozenCNN`; not part of state_dict/parameters).
 
         Raises:
             RuntimeError: on a decode-only tokenizer (built with `with_encoder=False`).
@@ -262,7 +266,7 @@ class VFMTokenizer(nn.Module):
         slots = self.encode_transformer(levels)
         q = self.slot_quantize(self._pre_quant(slots))
         recon, semantic = self.decode_slots(self._post_quant(q.quant), with_semantic=return_semantic)
-        target = levels[-1].detach() if return_semantic else None
+        target = levels[self.config.semantic_level].detach() if return_semantic else None
         return TokenizerOutput(recon, q.codes, q.codebook_loss, q.commit_loss, semantic, target)
 
     @torch.no_grad()

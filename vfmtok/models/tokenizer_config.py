@@ -22,10 +22,15 @@ class TokenizerConfig:
 
     Attributes:
         image_size: S, pixels of the square image the VFM sees and the decoder outputs (336).
+        encoder: registered frozen encoder (`vfmtok.models.encoders.ENCODERS`: "dinov2" (paper), "clip-b16",
+            "siglip-b16", "eva02-b14", "resnet50", "convnext-t", "vgg16-imagenet", "timm-vit", "timm-cnn"); a
+            `resolve_config` override `encoder=NAME` (or "vit:TIMM_NAME" / "cnn:TIMM_NAME") also resets the vfm_*
+            fields and semantic_level to the entry's defaults.
         vfm_name: timm model name of the frozen encoder ("vit_large_patch14_reg4_dinov2.lvd142m").
-        vfm_levels: 0-based block indices used as feature levels ((5, 11, 17, 23)); the last is final-normed.
+        vfm_levels: feature levels: ViT 0-based block indices ((5, 11, 17, 23); the last is final-normed), CNN
+            `feature_info` stage indices; () = the family default (filled in when the model is built).
         vfm_kwargs: extra timm constructor keywords (a small random ViT for `tiny`).
-        vfm_pretrained: True: weights come from timm's pretrained source or `encoder_weights`; False: random
+        vfm_pretrained: True: weights come from the encoder's pretrained source or `encoder_weights`; False: random
             init, reproducible from `vfm_seed` (used by `tiny`).
         vfm_seed: seed of the random encoder init when `vfm_pretrained` is False.
         dim: D, width of the region encoder and ViT decoder (512).
@@ -42,12 +47,15 @@ class TokenizerConfig:
             SwiGLU 1368).
         decoder_registers: decoder register tokens (4; they influence nothing).
         decoder_attn_dropout: attention dropout of the ViT decoder in training (0.1).
-        semantic_dim: width of the predicted VFM features; 0 = the VFM width (1024 for DINOv2-L).
+        semantic_dim: width of the predicted VFM features; 0 = the semantic level's width (1024 for DINOv2-L).
+        semantic_level: index into the levels of the semantic-reconstruction target (-1 = the last, paper); the
+            ViT decoder's semantic pass predicts that level's grid.
         pixel_ch, pixel_ch_mult, pixel_num_res_blocks: CNN pixel decoder (128, (1, 1, 2, 2, 4), 1); the
             decoder grid is g = S / 2**(len(pixel_ch_mult) - 1) (21 at 336 px).
     """
 
     image_size: int = 336
+    encoder: str = "dinov2"
     vfm_name: str = "vit_large_patch14_reg4_dinov2.lvd142m"
     vfm_levels: tuple[int, ...] = (5, 11, 17, 23)
     vfm_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -69,11 +77,18 @@ class TokenizerConfig:
     decoder_registers: int = 4
     decoder_attn_dropout: float = 0.1
     semantic_dim: int = 0
+    semantic_level: int = -1
     pixel_ch: int = 128
     pixel_ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
     pixel_num_res_blocks: int = 1
 
     def __post_init__(self) -> None:
+        from vfmtok.models.encoders import PREFIXES, get_spec
+
+        for prefix, family in PREFIXES.items():  # "vit:NAME" given as a plain value: the timm model is NAME
+            if self.encoder.startswith(prefix):
+                self.encoder, self.vfm_name = family, self.encoder[len(prefix):]
+        get_spec(self.encoder)  # unknown names fail here, listing the registered ones
         self.vfm_levels = tuple(self.vfm_levels)
         self.pixel_ch_mult = tuple(self.pixel_ch_mult)
         side = math.isqrt(self.num_queries)
@@ -137,7 +152,7 @@ def resolve_config(name_or_config: str | TokenizerConfig | dict, **overrides: An
     """A preset name, a config, or a config dict (+ field overrides) -> TokenizerConfig.
 
     Raises:
-        KeyError: unknown preset (lists the presets). ValueError: unknown override/config keys.
+        KeyError: unknown preset (lists the presets). ValueError: unknown override/config keys or encoder name.
     """
     if isinstance(name_or_config, str):
         config = tokenizer_preset(name_or_config)
@@ -149,5 +164,10 @@ def resolve_config(name_or_config: str | TokenizerConfig | dict, **overrides: An
         raise TypeError(f"expected a preset name, TokenizerConfig or dict, got {type(name_or_config).__name__}")
     if overrides:
         merged = {**config_to_dict(config), **overrides}
+        if "encoder" in overrides:  # the entry's defaults first, explicit overrides on top
+            from vfmtok.models.encoders import encoder_fields
+
+            merged.update(encoder_fields(str(overrides["encoder"])))
+            merged.update({k: v for k, v in overrides.items() if k != "encoder"})
         config = config_from_dict(TokenizerConfig, merged)
     return config

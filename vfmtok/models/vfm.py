@@ -143,6 +143,7 @@ class FrozenVFM(nn.Module):
             in-memory state dict (timm layout or the official DINOv2 release layout; converted with timm's
             checkpoint filter).
         timm_kwargs: extra constructor keywords for timm (e.g. embed_dim/depth/num_heads of a tiny ViT).
+        label: how messages name the encoder (default "encoder '<name>'").
 
     Raises:
         RuntimeError: pretrained weights cannot be obtained (names the file and where to put it).
@@ -151,7 +152,8 @@ class FrozenVFM(nn.Module):
     """
 
     def __init__(self, name: str, image_size: int, levels: Sequence[int], norm_last: bool = True,
-                 weights: str | Path | dict[str, torch.Tensor] = "random", timm_kwargs: dict[str, Any] | None = None) -> None:
+                 weights: str | Path | dict[str, torch.Tensor] = "random", timm_kwargs: dict[str, Any] | None = None,
+                 label: str | None = None) -> None:
         super().__init__()
         import timm
 
@@ -194,7 +196,8 @@ class FrozenVFM(nn.Module):
                 load()
         depth = len(self.model.blocks)
         if not levels or any(not 0 <= i < depth for i in levels) or list(levels) != sorted(set(levels)):
-            raise ValueError(f"VFM levels {list(levels)} must be increasing block indices in [0, {depth - 1}]")
+            raise ValueError(f"{label or f'encoder {name!r}'}: levels {list(levels)} must be increasing block indices in "
+                             f"[0, {depth - 1}] (the model has {depth} blocks)")
         self.name, self.image_size, self.levels, self.norm_last = name, image_size, tuple(levels), norm_last
         cfg = getattr(self.model, "pretrained_cfg", {}) or {}
         mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
@@ -218,6 +221,16 @@ class FrozenVFM(nn.Module):
     def grid_size(self) -> int:
         """Side of the patch grid at `image_size` (336 / 14 = 24)."""
         return self.image_size // self.patch_size
+
+    @property
+    def level_dims(self) -> list[int]:
+        """Channel width of each level (all `embed_dim`)."""
+        return [self.embed_dim] * len(self.levels)
+
+    @property
+    def level_grids(self) -> list[int]:
+        """Grid side of each level (all `grid_size`)."""
+        return [self.grid_size] * len(self.levels)
 
     def train(self, mode: bool = True) -> "FrozenVFM":
         """Always stays in eval mode (frozen encoder); `mode` is ignored."""
@@ -261,11 +274,7 @@ class FrozenVFM(nn.Module):
         Raises:
             ValueError: if images is not (B, 3, H, W).
         """
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W) floats in [-1, 1], got shape {tuple(images.shape)}")
-        images = antialiased_bicubic_resize(images.float(), (self.image_size, self.image_size))
-        images = (images.clamp(-1.0, 1.0) + 1.0) / 2.0
-        return (images - self.mean) / self.std
+        return normalise_images(images, self.image_size, self.mean, self.std)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, return_input: bool = False):
@@ -287,6 +296,20 @@ class FrozenVFM(nn.Module):
         if self.norm_last:
             feats[-1] = self.model.norm(feats[-1])
         return (feats, pixels) if return_input else feats
+
+
+def normalise_images(images: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, H, W) in [-1, 1] -> encoder input (B, 3, size, size) float32: kornia-style resize
+    (`antialiased_bicubic_resize`), clamp to [-1, 1], (x + 1) / 2, (x - mean) / std (mean/std (1, 3, 1, 1)).
+
+    Raises:
+        ValueError: if images is not (B, 3, H, W).
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W) floats in [-1, 1], got shape {tuple(images.shape)}")
+    images = antialiased_bicubic_resize(images.float(), (size, size))
+    images = (images.clamp(-1.0, 1.0) + 1.0) / 2.0
+    return (images - mean) / std
 
 
 def pixels_dtype(module: nn.Module) -> torch.dtype:
