@@ -28,7 +28,9 @@ from vfmtok.data.token_store import reader as tsr
 from vfmtok.data.token_store import writer as tsw
 from vfmtok.device import autocast, autocast_dtype, resolve_device
 from vfmtok.imageops import uint8_to_unit
-from vfmtok.jobs.extract import ExtractOptions, extract_tokens, make_views, open_image_source
+from vfmtok.data.sources import open_image_source
+from vfmtok.data.views import make_views
+from vfmtok.jobs.extract import ExtractOptions, extract_tokens
 
 
 def _make_folder(root: Path, n: int, classes: int = 4) -> None:

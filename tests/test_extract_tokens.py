@@ -19,7 +19,8 @@ from vfmtok.io import hashing
 from vfmtok.data.token_store import format as tsf
 from vfmtok.data.token_store import reader as tsr
 from vfmtok.data.token_store import writer as tsw
-from vfmtok.jobs.extract import ExtractOptions, StoreMismatchError, extract_tokens, make_views, plan_batches, view_names
+from vfmtok.data.views import make_views, view_names
+from vfmtok.jobs.extract import ExtractOptions, StoreMismatchError, extract_tokens, plan_batches
 
 TESTS = Path(__file__).resolve().parent
 

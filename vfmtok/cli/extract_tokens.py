@@ -99,7 +99,8 @@ def command(
         fail(f"--tokenizer {tokenizer}: not found (a run directory, .safetensors file, or vfmtok-tokenizer.pt)")
     if encoder_weights is not None and not encoder_weights.is_file():
         fail(f"--encoder-weights {encoder_weights}: file not found")
-    from vfmtok.jobs.extract import ExtractOptions, StoreMismatchError, extract_tokens, open_image_source
+    from vfmtok.data.sources import open_image_source
+    from vfmtok.jobs.extract import ExtractOptions, StoreMismatchError, extract_tokens
 
     try:
         source = open_image_source(data, split=split.value)

@@ -1,16 +1,7 @@
-"""Encode a dataset once into a token store (`vfmtok extract-tokens`): crops, ranks, resume, safety.
+"""Encode a dataset once into a token store (`vfmtok extract-tokens`): views, ranks, resume, safety.
 
-Crop protocol at the tokenizer's input size S (all views are uint8 RGB, S x S):
-
-- `none`: the ADM centre crop (guided-diffusion `center_crop_arr`: BOX halving while the short side is
-  >= 2 S, BICUBIC resize of the short side to S, centre crop). V = 1 view.
-- `flip`: that crop and its horizontal mirror. V = 2 views: [crop, flip(crop)].
-- `ten-crop`: LlamaGen's `extract_codes_c2i.py --ten-crop` protocol (shared/reference/vfmtok.md 3.2): the
-  ADM centre crop at C = int(S * 1.1), then torchvision `TenCrop(S)`. V = 10 views, in torchvision's order:
-  0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right, 4 centre (offset round((C - S) / 2), Python
-  rounding), then 5..9 = the same five crops taken from the horizontally mirrored C x C image. Hence view
-  5 = mirror(view 1), 6 = mirror(view 0), 7 = mirror(view 3), 8 = mirror(view 2); view 9 = mirror(view 4)
-  only when C - S is even (at S = 336, C = 369: view 9 mirrors original columns 17..352, view 4 shows 16..351).
+Views (`none`, `flip`, `ten-crop`): `vfmtok.data.views`. Sources (prepared data or an image folder):
+`vfmtok.data.sources`.
 
 `neighbours=2` (the VFMTok-RAR augmentation, reference section 9.1) stores, for every view, the
 nearest-code sequence and the second-nearest-code sequence: A = 2 V, laid out as
@@ -33,106 +24,30 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
-import numpy as np
 import torch
 from einops import rearrange
 
 from vfmtok.configs import config_to_dict
-from vfmtok.io import hashing
 from vfmtok.data.token_store import format as tsf
 from vfmtok.data.token_store import writer as tsw
-from vfmtok.data.crops import adm_center_crop, ten_crop
+from vfmtok.data.sources import ImageSource
+from vfmtok.data.views import AUGMENTATIONS, TEN_CROP_SCALE, make_views, view_names
 from vfmtok.device import autocast, autocast_dtype, resolve_device, set_tf32_for_job
 from vfmtok.distributed import barrier, broadcast, init_from_env
 from vfmtok.imageops import uint8_to_unit
 
 __all__ = [
-    "AUGMENTATIONS",
     "ExtractOptions",
-    "ImageSource",
     "StoreMismatchError",
-    "DatasetSource",
     "extract_tokens",
-    "open_image_source",
-    "make_views",
     "plan_batches",
     "tokenizer_fingerprint",
-    "view_names",
 ]
-
-AUGMENTATIONS = ("none", "flip", "ten-crop")
-TEN_CROP_SCALE = 1.1  # LlamaGen `--crop-range`
-_TEN_NAMES = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
-
 
 class StoreMismatchError(ValueError):
     """The output directory holds a store made with other settings (or something that is not a store)."""
-
-
-class ImageSource(Protocol):
-    """Random-access images of a dataset, in source-index order.
-
-    Attributes:
-        classes: class names; labels index this list.
-        description: JSON-able provenance (kind, path, manifest sha256, ...) for the store's manifest.
-        fingerprint: sha256 hex identifying the source's content listing (settings compatibility key).
-    """
-
-    classes: list[str]
-    description: dict[str, Any]
-    fingerprint: str
-
-    def __len__(self) -> int: ...
-
-    def load(self, index: int) -> tuple[Any, int]:
-        """(PIL.Image RGB, label int) of image `index`."""
-        ...
-
-
-# ---------------------------------------------------------------------------------------------
-# Views
-# ---------------------------------------------------------------------------------------------
-def view_names(aug: str) -> list[str]:
-    """Names of the V views of `aug`, in stored order (see the module docstring)."""
-    if aug == "none":
-        return ["centre"]
-    if aug == "flip":
-        return ["centre", "centre-flipped"]
-    if aug == "ten-crop":
-        return [*_TEN_NAMES, *(f"{n}-of-flipped" for n in _TEN_NAMES)]
-    raise ValueError(f"--aug {aug!r}: expected one of {', '.join(AUGMENTATIONS)}")
-
-
-def make_views(image: Any, size: int, aug: str) -> np.ndarray:
-    """The V views of one decoded image for protocol `aug`, as (V, 3, size, size) uint8.
-
-    Uses `vfmtok.data.crops.adm_center_crop` (pixel-identical to guided-diffusion's `center_crop_arr`)
-    and `vfmtok.data.crops.ten_crop` (torchvision `TenCrop` order).
-
-    Args:
-        image: a decoded RGB PIL image (`vfmtok.data.decode.decode_image(...).image`).
-        size: tokenizer input size S in pixels.
-        aug: 'none' | 'flip' | 'ten-crop'.
-
-    Returns:
-        (V, 3, size, size) uint8 array, views in the order of :func:`view_names`.
-
-    Raises:
-        ValueError: unknown `aug`, or not an RGB PIL image.
-    """
-    if aug == "none":
-        views = adm_center_crop(image, size)[None]
-    elif aug == "flip":
-        crop = adm_center_crop(image, size)
-        views = np.stack([crop, crop[:, ::-1]])
-    elif aug == "ten-crop":
-        views = ten_crop(adm_center_crop(image, int(size * TEN_CROP_SCALE)), size)
-    else:
-        raise ValueError(f"--aug {aug!r}: expected one of {', '.join(AUGMENTATIONS)}")
-    return np.ascontiguousarray(rearrange(views, "v h w c -> v c h w"))
-
 
 
 class _ViewsDataset(torch.utils.data.Dataset):
@@ -148,78 +63,6 @@ class _ViewsDataset(torch.utils.data.Dataset):
         image, label = self.source.load(index)
         views = make_views(image, self.size, self.aug)
         return index, torch.from_numpy(views), int(label)
-
-
-# ---------------------------------------------------------------------------------------------
-# Sources: prepared data or an image folder, through the data layer's datasets
-# ---------------------------------------------------------------------------------------------
-def _keep_pil(image: Any) -> Any:
-    """Dataset transform that returns the decoded PIL image unchanged (module-level: picklable)."""
-    return image
-
-
-class DatasetSource:
-    """:class:`ImageSource` over `vfmtok.data.datasets.PreparedDataset` or `ImageFolderDataset`.
-
-    Args:
-        dataset: a map-style dataset built with `transform=_keep_pil` (items (PIL RGB, label)).
-        description: provenance for the manifest.
-        fingerprint: content fingerprint (sha256 hex).
-        paths: per-index file paths (image folders) to name the file in decode errors.
-    """
-
-    def __init__(self, dataset: Any, description: dict[str, Any], fingerprint: str,
-                 paths: list[Any] | None = None) -> None:
-        self.dataset, self.description, self.fingerprint, self.paths = dataset, description, fingerprint, paths
-        self.classes = list(dataset.classes)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def load(self, index: int) -> tuple[Any, int]:
-        from vfmtok.data.decode import DecodeError
-
-        try:
-            image, label = self.dataset[index]
-        except DecodeError as err:
-            where = self.paths[index] if self.paths is not None else f"image {index}"
-            raise DecodeError(f"{where}: {err} (run `vfmtok prepare-data` to skip undecodable files)") from err
-        return image, int(label)
-
-
-def open_image_source(path: str | Path, split: str = "train") -> DatasetSource:
-    """Open DATA for extraction: prepared data (has manifest.json) or a folder of images.
-
-    Prepared data: `PreparedDataset`, fingerprint = sha256 of its manifest.json. Image folder (any layout of
-    `vfmtok.data.layouts.discover`, `split` picks train/ or val/ of an ImageNet root): `ImageFolderDataset`,
-    fingerprint = sha256 of the listing (relative path and label per file): the images a store is made of, so a
-    rerun after a corrected or replaced file resumes over the same images; the byte sizes are recorded beside it
-    (`sizes_sha256`, provenance only).
-
-    Raises:
-        FileNotFoundError: `path` does not exist. ValueError / LayoutError: unusable data (message says why).
-    """
-    from vfmtok.data.datasets import ImageFolderDataset, PreparedDataset
-
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"DATA {root} is not a directory (expected prepared data or an image folder)")
-    if (root / "manifest.json").is_file():
-        dataset = PreparedDataset(root, transform=_keep_pil)
-        desc = {"kind": "prepared-data", "path": str(root.resolve()),
-                "manifest_sha256": hashing.sha256_file(root / "manifest.json")}
-        return DatasetSource(dataset, desc, desc["manifest_sha256"])
-    dataset = ImageFolderDataset(root, split=split, transform=_keep_pil)
-    digest, sizes = hashlib.sha256(), hashlib.sha256()
-    base = root.resolve()
-    for i in range(len(dataset)):
-        file, label = dataset.path(i), int(dataset.labels[i])
-        rel = file.relative_to(base).as_posix() if file.is_relative_to(base) else str(file)
-        digest.update(f"{rel}|{label}\n".encode())
-        sizes.update(f"{rel}|{file.stat().st_size}\n".encode())
-    desc = {"kind": "image-folder", "path": str(base), "split": split, "listing_sha256": digest.hexdigest(),
-            "sizes_sha256": sizes.hexdigest()}
-    return DatasetSource(dataset, desc, digest.hexdigest())  # the dataset's DecodeError names the file
 
 
 # ---------------------------------------------------------------------------------------------
