@@ -32,13 +32,14 @@ L = GRID * GRID
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_store(out: Path, n: int = N) -> Path:
+def make_store(out: Path, n: int = N, tokenizer: dict | None = None) -> Path:
     """n images x (2 crop views x 2 neighbours) of 16 tokens, laid out as extract-tokens --neighbours 2 does
     (index k * V + v). Image i, view v, neighbour k: (3 c + (c+1) l + 5 v + 7 k + i) mod 16, c = i mod 4."""
     tsw.create_store(out, tsf.StoreLayout(n, VIEWS * K, L, VOCAB), {
         "num_classes": CLASSES, "grid_size": GRID, "classes": [f"c{i}" for i in range(CLASSES)],
         "crop": {"neighbours": K, "views": ["centre", "flip"]},
-        "tokenizer": {"path": str(out.parent / "tok"), "file_sha256": "ab" * 32, "weights_sha256": "cd" * 32}})
+        "tokenizer": tokenizer or {"path": str(out.parent / "tok"), "file_sha256": "ab" * 32,
+                                   "weights_sha256": "cd" * 32}})
     labels = np.arange(n) % CLASSES
     pos = np.arange(L)
     codes = np.stack([[(3 * labels[i] + (labels[i] + 1) * pos + 5 * (a % VIEWS) + 7 * (a // VIEWS) + i) % VOCAB
@@ -208,3 +209,37 @@ def test_fsdp_two_processes_match_one_process(tmp_path):
     la, lb = read_metrics(tmp_path / "fsdp" / "metrics.jsonl"), read_metrics(tmp_path / "one" / "metrics.jsonl")
     assert [r["loss_gpt"] for r in la] == pytest.approx([r["loss_gpt"] for r in lb], abs=1e-5)
     assert json.loads((tmp_path / "fsdp" / "config.json").read_text())["train"]["fsdp"] is True
+
+
+def test_sample_finds_the_newest_rar_run_and_its_tokenizer(tmp_path, monkeypatch):
+    """`vfmtok sample` without --ckpt / --tokenizer: the newest run under ./runs is the RAR run, its recorded
+    tokenizer decodes, the cosine guidance options reach the samples."""
+    from vfmtok.io.hashing import sha256_file
+    from vfmtok.models.tokenizer_io import load_tokenizer, save_tokenizer
+
+    torch.manual_seed(0)
+    save_tokenizer(vfmtok.create_tokenizer("tiny", encoder_weights="random", codebook_size=VOCAB, num_queries=L),
+                   tmp_path / "tok")
+    sha = sha256_file(tmp_path / "tok" / "tokenizer.safetensors")
+    store = make_store(tmp_path / "store", tokenizer={"path": str(tmp_path / "tok"), "file_sha256": sha,
+                                                      "weights_sha256": sha})
+    train_ar(cfg_for(store, tmp_path / "runs" / "rar", steps=2, lr=3e-2))
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["sample", "-n", "3", "--class", "1", "--cfg-scale", "4", "--cfg-schedule", "cosine",
+                                   "--cfg-power", "2.75", "--image-size", "32", "--no-png", "--no-progress",
+                                   "--device", "cpu", "--out", "s"])
+    assert res.exit_code == 0, res.output
+    assert "newest GPT run" in res.output and str(Path("runs") / "rar") in res.output
+    cfg = json.loads((tmp_path / "s" / "sample_config.json").read_text())
+    assert cfg["tokenizer"]["sha256_verified_against_run"] is True
+    assert (cfg["settings"]["cfg_schedule"], cfg["settings"]["cfg_power"]) == ("cosine", 2.75)
+    model = vfmtok.load_gpt(tmp_path / "runs" / "rar")
+    codes = vfmtok.generate(model, torch.ones(3, dtype=torch.long), cfg_scale=4.0, cfg_schedule="cosine",
+                            cfg_power=2.75, seed=0, sample_indices=[0, 1, 2])
+    from vfmtok.imageops import to_uint8
+
+    with torch.no_grad():
+        want = to_uint8(load_tokenizer(tmp_path / "tok", with_encoder=False).decode_codes(codes), size=32).numpy()
+    with np.load(tmp_path / "s" / "samples.npz") as npz:
+        assert npz["arr_1"].tolist() == [1, 1, 1]
+        assert np.abs(npz["arr_0"].astype(int) - want.astype(int)).max() <= 1
