@@ -15,6 +15,8 @@
 #     (benchmarks/sample.py), then `vfmtok sample` of the step-4 GPT, eager and --compile (bf16, decode-only
 #     tokenizer): identical-image rate printed
 #  6. Inception features (random-init weights of the exact architecture) on GPU vs CPU: max abs difference
+#  7. RAR: train-ar RAR-L step time + MFU on a 2-neighbour store (benchmarks/train_ar.py --neighbours 2), and RAR-L
+#     sampling tokens/s with and without the KV cache at 256 tokens (benchmarks/rar.py; goal >= 10x)
 # Environment: PYTHON (default: python), OUT (optional output folder), WORK (default: a fresh temp folder).
 # Exit status: non-zero if any step failed (the others still run; failures are listed at the end).
 set -uo pipefail
@@ -29,10 +31,12 @@ if [[ $SMOKE == 1 ]]; then
   DEV=cpu; PREC=no; TOK=tiny; TOK_BATCH=2; TOK_STEPS=1; AR_MODELS="GPT-tiny"; AR_BATCH=2; AR_STEPS=1
   FSDP_MODEL=GPT-tiny; FSDP_BATCH=4; SAMPLE_ARGS="--models GPT-tiny --grid-size 2 --batch 2 --repeats 1 --step-iters 2 --skip-compile"
   SAMPLE_COMPILE=""; N_SAMPLES=2; IMAGES_PER_CLASS=1; TOK_WARMUP=0; INCEPTION_IMAGES=2; export OMP_NUM_THREADS=1
+  RAR_MODEL=RAR-tiny; RAR_BATCH=2; RAR_SAMPLE_ARGS="--tokens 8 --batch 1"
 else
   DEV=cuda; PREC=bf16; TOK=vfmtok-l; TOK_BATCH=16; TOK_STEPS=4; AR_MODELS="GPT-B GPT-L"; AR_BATCH=64; AR_STEPS=5
   FSDP_MODEL=GPT-B; FSDP_BATCH=32; SAMPLE_ARGS="--device cuda --models GPT-B,GPT-L --grid-size 16 --batch 32 --repeats 1"
   SAMPLE_COMPILE="--compile"; N_SAMPLES=16; IMAGES_PER_CLASS=4; TOK_WARMUP=1; INCEPTION_IMAGES=32
+  RAR_MODEL=RAR-L; RAR_BATCH=32; RAR_SAMPLE_ARGS="--device cuda --precision bf16 --batch 8"
   if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_check: no CUDA device (use --smoke on CPU)" >&2; exit 2
   fi
@@ -130,6 +134,13 @@ print(f"inception {device} vs cpu: max abs diff / max |feature|: pool3 {rel['poo
       f"{rel['spatial']:.1e}; {rate:.1f} img/s on {device}")
 EOF
 row "| inception $DEV vs cpu | $(grep -h 'max abs diff' "$WORK/inception.log") |"
+
+# 7. RAR: training step time / MFU (both neighbour sequences per image) and sampling with vs without the KV cache
+step train_rar $PY benchmarks/train_ar.py --device "$DEV" --models "$RAR_MODEL" --neighbours 2 \
+  --batch-size "$RAR_BATCH" --precision "$PREC" --steps "$AR_STEPS"
+while read -r line; do row "| train-ar $PREC batch $RAR_BATCH images x 2 | $line |"; done < <(grep -E "^RAR" "$WORK/train_rar.log")
+step rar_sample $PY benchmarks/rar.py --model "$RAR_MODEL" $RAR_SAMPLE_ARGS
+row "| $(grep -h '^RAR sample' "$WORK/rar_sample.log") |"
 
 if [[ $SMOKE == 0 ]]; then
   row "| peak GPU memory | see the train-tokenizer, train-ar and sample rows |"

@@ -1,4 +1,4 @@
-"""Training throughput of `train-ar`: tokens/s, achieved TFLOP/s and MFU per GPT preset (not run by CI).
+"""Training throughput of `train-ar`: tokens/s, achieved TFLOP/s and MFU per GPT or RAR preset (not run by CI).
 
 Builds a synthetic token store (random codes, 16x16 grid, 16384-entry codebook, 1000 classes) in a temporary
 directory, runs `vfmtok.jobs.train_ar.train_ar` for 2 x `--steps` optimizer steps and reports the second window
@@ -8,6 +8,10 @@ directory, runs `vfmtok.jobs.train_ar.train_ar` for 2 x `--steps` optimizer step
 
     python benchmarks/train_ar.py                                    # CPU: GPT-tiny and GPT-B, fp32
     python benchmarks/train_ar.py --device cuda --models GPT-B GPT-L --batch-size 64 --precision bf16 [--compile]
+    python benchmarks/train_ar.py --device cuda --models RAR-L --neighbours 2 --batch-size 32 --precision bf16
+
+With `--neighbours 2` the store holds a second-nearest sequence per image, so RAR (all neighbours per step) trains
+on 2 x batch sequences per step; tokens/s counts every sequence.
 """
 from __future__ import annotations
 
@@ -25,13 +29,15 @@ from vfmtok.data.token_store import writer as tsw
 from vfmtok.jobs.train_ar import TrainARConfig, train_ar
 
 
-def synthetic_store(out: Path, num_images: int, grid: int = 16, vocab: int = 16384, classes: int = 1000) -> Path:
-    """A complete store of `num_images` random sequences (1 view) for throughput measurements."""
+def synthetic_store(out: Path, num_images: int, grid: int = 16, vocab: int = 16384, classes: int = 1000,
+                    neighbours: int = 1) -> Path:
+    """A complete store of `num_images` x `neighbours` random sequences (1 crop view) for throughput measurements."""
     rng = np.random.default_rng(0)
-    tsw.create_store(out, tsf.StoreLayout(num_images, 1, grid * grid, vocab),
-                    {"num_classes": classes, "grid_size": grid, "tokenizer": {"path": None}})
+    tsw.create_store(out, tsf.StoreLayout(num_images, neighbours, grid * grid, vocab),
+                    {"num_classes": classes, "grid_size": grid, "tokenizer": {"path": None},
+                     "crop": {"neighbours": neighbours}})
     with tsw.StoreWriter(out) as writer:
-        writer.write(np.arange(num_images), rng.integers(0, vocab, (num_images, 1, grid * grid)),
+        writer.write(np.arange(num_images), rng.integers(0, vocab, (num_images, neighbours, grid * grid)),
                      rng.integers(0, classes, num_images))
     tsw.finalize_store(out)
     return out
@@ -44,6 +50,7 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16", help="no | bf16 | fp16 (CUDA only; CPU always fp32)")
     ap.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: 4 on CPU, 64 on CUDA)")
     ap.add_argument("--steps", type=int, default=3, help="measured steps (after as many warm-up steps)")
+    ap.add_argument("--neighbours", type=int, default=1, help="sequences per image in the store (RAR recipe: 2)")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--grad-checkpointing", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: GPU table)")
@@ -58,7 +65,7 @@ def main() -> None:
     print(f"{'model':10s} {'params':>9s} {'GFLOP/tok':>9s} {'tokens/s':>10s} {'TFLOP/s':>8s} {'MFU':>7s} "
           f"{'s/step':>7s} {'peak GiB':>8s}")
     with tempfile.TemporaryDirectory() as tmp:
-        store = synthetic_store(Path(tmp) / "store", batch * total + batch)
+        store = synthetic_store(Path(tmp) / "store", batch * total + batch, neighbours=args.neighbours)
         for name in args.models:
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
@@ -76,7 +83,8 @@ def main() -> None:
             mfu = f"{100 * rec['mfu']:.1f}%" if rec.get("mfu") is not None else "n/a"
             mem = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
             print(f"{name:10s} {cfg['num_params'] / 1e6:8.1f}M {fpt / 1e9:9.3f} {tps:10.0f} {tps * fpt / 1e12:8.3f} "
-                  f"{mfu:>7s} {batch * 256 / tps:7.3f} {mem:8.1f}   (wall {wall:.0f} s incl. set-up)")
+                  f"{mfu:>7s} {cfg['tokens_per_step'] / tps:7.3f} {mem:8.1f}   (wall {wall:.0f} s incl. set-up; "
+                  f"{cfg['sequences_per_step']} sequences/step)")
 
 
 if __name__ == "__main__":

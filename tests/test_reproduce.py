@@ -1,6 +1,6 @@
 """`vfmtok reproduce`: --tiny end to end (twice: the second run's expected values are the first run's), file
-resolution (--files, caches, the fake Hub and plain URLs on 127.0.0.1, offline listing), RAR refusal, resumable URL
-downloads."""
+resolution (--files, caches, the fake Hub and plain URLs on 127.0.0.1, offline listing), a RAR target on a tiny RAR,
+resumable URL downloads."""
 from __future__ import annotations
 
 import hashlib
@@ -81,6 +81,50 @@ def test_tiny_end_to_end_twice(tmp_path):
     assert f"{run['metrics']['fid']:.3f} ({run['metrics']['fid']})" in run2["markdown"]
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_rar_target_samples_a_tiny_rar_with_the_authors_guidance(tmp_path):
+    """`reproduce rar-l` on local tiny files: the real RAR path with the target's defaults (scale 16, cosine
+    power 2.75), compared with the authors' RAR-L row; the samples are the `generate` tokens of that guidance."""
+    torch.manual_seed(0)
+    tok = vfmtok.create_tokenizer("tiny", encoder_weights="random")
+    c = tok.config
+    rar = vfmtok.create_rar("RAR-tiny", vocab_size=c.codebook_size, num_classes=4, seq_len=c.num_tokens)
+    torch.nn.init.normal_(rar.lm_head.weight, std=0.5)
+    from vfmtok.models.rar_io import save_rar
+
+    vfmtok.save_pretrained(tok, tmp_path / "tok")
+    save_rar(rar, tmp_path / "rar")
+    torch.save(random_inception_state_dict(0), tmp_path / "inception.pth")
+    np.savez(tmp_path / "ref.npz", arr_0=np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8))
+    res = runner.invoke(app, ["reproduce", "rar-l", "--tokenizer", str(tmp_path / "tok"), "--ckpt", str(tmp_path / "rar"),
+                              "--ref", str(tmp_path / "ref.npz"), "--inception-weights", str(tmp_path / "inception.pth"),
+                              "-n", "4", "--image-size", "64", "--device", "cpu", "--no-progress", "--eval-batch-size",
+                              "4", "--fid-method", "eigh", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "r" / "reproduce.json").read_text())
+    (run,) = doc["runs"]
+    p = doc["protocol"]
+    assert (run["cfg_scale"], p["cfg_schedule"], p["cfg_power"], p["temperature"], p["top_k"]) == (16.0, "cosine", 2.75,
+                                                                                                   1.0, 0)
+    assert run["paper"] == {"fid": 1.44, "sfid": 6.03, "inception_score": 312.8, "precision": 0.78, "recall": 0.66}
+    assert set(run["difference"]) == set(run["paper"]) and "VFMTok-RAR README, with CFG" in run["paper_row"]
+    sample_cfg = json.loads((tmp_path / "r" / "samples-cfg16" / "sample_config.json").read_text())
+    assert sample_cfg["gpt"]["config"]["n_layer"] == 2 and "target_aware" not in json.dumps(sample_cfg["gpt"]["config"])
+    # the images are the tokenizer's decoding of `generate`'s tokens under the authors' guidance, sample by sample
+    with np.load(tmp_path / "r" / "samples-cfg16" / "samples.npz") as npz:
+        images, labels = npz["arr_0"], npz["arr_1"]
+    assert labels.tolist() == [0, 1, 2, 3]
+    codes = vfmtok.generate(rar.eval(), torch.arange(4), cfg_scale=16.0, cfg_schedule="cosine", cfg_power=2.75,
+                            seed=0, sample_indices=list(range(4)))
+    from vfmtok.imageops import to_uint8
+    from vfmtok.models.tokenizer_io import load_tokenizer
+
+    with torch.no_grad():
+        expected = to_uint8(load_tokenizer(tmp_path / "tok", with_encoder=False).decode_codes(codes), size=64).numpy()
+    assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1
+
+
 def test_offline_lists_every_missing_file_before_any_work(caches, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = caches / "out"
@@ -94,8 +138,9 @@ def test_offline_lists_every_missing_file_before_any_work(caches, monkeypatch):
     assert str(caches / "torch" / "hub" / "checkpoints" / rfiles.INCEPTION_FILE) in res.output
     res = runner.invoke(app, ["reproduce", "tokenizer", "--out", str(out)])
     assert res.exit_code == 2 and "ImageNet val folder" in res.output and "dinov2_vitl14_reg4_pretrain.pth" in res.output
-    res = runner.invoke(app, ["reproduce", "rar-xl", "--out", str(out)])
-    assert res.exit_code == 2 and "RAR support not installed" in res.output
+    res = runner.invoke(app, ["reproduce", "rar-xl", "--out", str(out)])  # RAR: the same listing, its own file
+    assert res.exit_code == 2 and "4 input file(s) missing" in res.output and not out.exists()
+    assert "/yexiguafu/VFMTok/resolve/main/VFMTok-RAR/RAR-vanilla/vfmtok-rar-xl.safetensors" in res.output
 
 
 def test_files_dir_hub_and_urls_then_cache_hits(caches, monkeypatch):

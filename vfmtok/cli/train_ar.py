@@ -35,22 +35,40 @@ def command(
     out: Annotated[Optional[Path], typer.Option(
         "--out", help="Run directory (default runs/ar-<UTC timestamp>; `vfmtok sample` picks the latest).")] = None,
     model: Annotated[str, typer.Option(
-        "--model", help="GPT preset: GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-2B, GPT-3B, GPT-tiny.")] = "GPT-B",
+        "--model", help="GPT preset (GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-2B, GPT-3B, GPT-tiny) or RAR preset "
+                        "(RAR-L, RAR-XL, RAR-XXL, RAR-tiny; the RAR recipe, docs/rar.md).")] = "GPT-B",
     steps: Annotated[Optional[int], typer.Option(
         "--steps", help="Total optimizer steps of the run (a resumed run stops there).")] = None,
     epochs: Annotated[Optional[float], typer.Option(
         "--epochs", help="Run length in epochs of the training split (default: the paper's 300 for B/L, "
-                         "200 for XL and larger).")] = None,
+                         "200 for XL and larger; RAR 400).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", help="Global batch (sequences per step, all ranks). Default: the paper's 512, or what a "
-                             "smaller training split holds.")] = None,
+        "--batch-size", help="Global batch (images per step, all ranks; x2 sequences with --views all-neighbours on "
+                             "a --neighbours 2 store). Default: 512 (GPT) / 2048 (RAR), or what a smaller training "
+                             "split holds.")] = None,
     grad_accum: Annotated[int, typer.Option("--grad-accum", help="Micro-batches per optimizer step.")] = 1,
-    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate (constant, no warm-up).")] = 1e-4,
-    weight_decay: Annotated[float, typer.Option(
-        "--weight-decay", help="AdamW weight decay on >= 2-D parameters (norms: none).")] = 0.05,
-    betas: Annotated[tuple[float, float], typer.Option("--betas", help="AdamW betas.")] = (0.9, 0.95),
+    lr: Annotated[Optional[float], typer.Option(
+        "--lr", help="AdamW (peak) learning rate. Default: GPT 1e-4 (constant), RAR 4e-4.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(
+        "--weight-decay", help="AdamW weight decay on >= 2-D parameters (norms: none). Default: GPT 0.05, "
+                               "RAR 0.03.")] = None,
+    betas: Annotated[Optional[tuple[float, float]], typer.Option(
+        "--betas", help="AdamW betas. Default: GPT 0.9 0.95, RAR 0.9 0.96.")] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option(
+        "--lr-schedule", help="constant (GPT default) or cosine (RAR default: warm-up, then cosine to --end-lr).")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(
+        "--warmup-steps", help="Linear warm-up steps. Default: GPT 0, RAR 25 % of the run.")] = None,
+    end_lr: Annotated[Optional[float], typer.Option("--end-lr", help="Final lr of the cosine schedule (1e-5).")] = None,
+    views: Annotated[Optional[str], typer.Option(
+        "--views", help="per-epoch (one stored view per image and epoch; GPT default) or all-neighbours (nearest and "
+                        "second-nearest sequences of an image in the same step; RAR default).")] = None,
+    rar_anneal: Annotated[Optional[tuple[int, int]], typer.Option(
+        "--rar-anneal", help="RAR: random orders with probability 1 until step START, linearly down to 0 at END "
+                             "(optimizer steps). Default: 50 % and 75 % of the run.")] = None,
     grad_clip: Annotated[float, typer.Option("--grad-clip", help="Max global grad norm (0 = no clipping).")] = 1.0,
-    ema_decay: Annotated[float, typer.Option("--ema-decay", help="EMA decay (exported weights are the EMA).")] = 0.9999,
+    ema_decay: Annotated[Optional[float], typer.Option(
+        "--ema-decay", help="EMA decay (exported weights are the EMA). Default: GPT 0.9999, RAR no EMA (exports the "
+                            "live weights).")] = None,
     val_fraction: Annotated[float, typer.Option(
         "--val-fraction", help="Fraction of images held out for the validation loss (fixed split).")] = 0.01,
     val_count: Annotated[Optional[int], typer.Option(
@@ -83,11 +101,13 @@ def command(
     device: DeviceOpt = "auto",
     mixed_precision: PrecisionOpt = MixedPrecision.bf16,
 ) -> None:
-    """Train a class-conditional GPT on a token store (AdamW 0.9/0.95, constant lr, EMA; docs/train_ar.md).
+    """Train a class-conditional GPT or RAR on a token store (docs/train_ar.md, docs/rar.md).
 
-    Writes RUN/model.safetensors (EMA weights), RUN/config.json (model config + tokenizer and token-store
-    provenance), RUN/checkpoints/ and RUN/metrics.jsonl. Multi-GPU / multi-node: launch with torchrun or
-    accelerate launch (DDP; add --fsdp to shard GPT-XXL and larger).
+    GPT: AdamW 0.9/0.95, constant lr, EMA. RAR: random token orders annealed to raster, both neighbour sequences
+    per image, AdamW 0.9/0.96 with warm-up and cosine decay, no EMA. Writes RUN/model.safetensors (EMA or live
+    weights), RUN/config.json (model config + tokenizer and token-store provenance), RUN/checkpoints/ and
+    RUN/metrics.jsonl. Multi-GPU / multi-node: launch with torchrun or accelerate launch (DDP; add --fsdp to shard
+    the largest models).
     """
     if not (tokens / "manifest.json").is_file():
         fail(f"--tokens {tokens}: no token store there (no manifest.json); make one with `vfmtok extract-tokens "
@@ -99,8 +119,9 @@ def command(
 
     cfg = TrainARConfig(
         tokens=tokens, out=out, model=model, steps=steps, epochs=epochs, batch_size=batch_size,
-        grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, betas=tuple(betas), grad_clip=grad_clip,
-        ema_decay=ema_decay, val_fraction=val_fraction, val_count=val_count, val_every=val_every,
+        grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, betas=None if betas is None else tuple(betas),
+        grad_clip=grad_clip, ema_decay=ema_decay, lr_schedule=lr_schedule, warmup_steps=warmup_steps, end_lr=end_lr,
+        views=views, rar_anneal=None if rar_anneal is None else tuple(rar_anneal), val_fraction=val_fraction, val_count=val_count, val_every=val_every,
         save_every=save_every, keep_last=keep_last, log_every=log_every, resume=resume, num_workers=num_workers,
         compile=compile_, grad_checkpointing=grad_checkpointing, fsdp=fsdp, class_dropout=class_dropout, dropout=dropout,
         skip_nonfinite=skip_nonfinite, seed=seed, device=device, mixed_precision=mixed_precision.value,
@@ -112,7 +133,8 @@ def command(
     except (TokenStoreError, FileNotFoundError, FileExistsError, KeyError, ValueError, NonFiniteLossError) as err:
         fail(str(err).strip("'\""))
     if res.result.interrupted:
-        typer.echo(f"interrupted at step {res.result.step}; EMA weights of that step in {res.out}; continue with "
+        typer.echo(f"interrupted at step {res.result.step}; weights of that step in {res.out}; continue with "
                    "--resume", err=True)
         raise typer.Exit(128 + (res.result.signal or 15))
-    typer.echo(f"{res.out}: {res.result.step} steps; EMA weights in {res.out / 'model.safetensors'}")
+    typer.echo(f"{res.out}: {res.result.step} steps; {'final' if cfg.model.startswith('RAR') and ema_decay is None else 'EMA'} "
+               f"weights in {res.out / 'model.safetensors'}")

@@ -1,9 +1,13 @@
-"""Learning-rate schedule of the paper: linear warm-up, then constant.
+"""Learning-rate schedules: the paper's linear warm-up then constant, and RAR's linear warm-up then cosine decay.
 
-The official code uses timm's CosineLRScheduler with `lr_min = lr`, i.e. a linear warm-up from 1e-7 followed by
-a constant learning rate (shared/reference/vfmtok.md section 2). Here the warm-up is counted in optimizer steps.
+The official VFMTok code uses timm's CosineLRScheduler with `lr_min = lr`, i.e. a linear warm-up from 1e-7 followed
+by a constant learning rate (shared/reference/vfmtok.md section 2). The authors' RAR recipe (shared/reference/rar.md
+section 3) warms up for 62,500 of 250,000 steps, then decays with a cosine to an end lr of 1e-5. Steps are
+optimizer steps.
 """
 from __future__ import annotations
+
+import math
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -37,3 +41,39 @@ def warmup_constant_schedule(optimizer: Optimizer, warmup_steps: int, init_lr: f
     """
     base = optimizer.param_groups[0]["lr"]
     return LambdaLR(optimizer, WarmupConstant(warmup_steps, base, init_lr))
+
+
+class WarmupCosine:
+    """Multiplier of the base lr at step t: linear warm-up from 0, then a half cosine down to `end_lr`.
+
+    m(t) = t / warmup for t < warmup; else with q = (t - warmup) / max(1, total - warmup) clipped to [0, 1]:
+    m(t) = (end + (base - end) * (1 + cos(pi * q)) / 2) / base. So m(warmup) = 1 and m(total) = end / base.
+    A picklable callable (no state), as `WarmupConstant`.
+
+    Args:
+        warmup_steps: warm-up steps (0 = start at the base lr). total_steps: run length (>= warmup_steps).
+        base_lr: the peak lr (> 0). end_lr: the lr reached at `total_steps` (0 <= end_lr <= base_lr).
+
+    Raises:
+        ValueError: negative or inconsistent steps, or lrs outside 0 <= end_lr <= base_lr, base_lr > 0.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int, base_lr: float, end_lr: float) -> None:
+        if not 0 <= warmup_steps <= total_steps:
+            raise ValueError(f"need 0 <= warmup_steps <= total_steps, got {warmup_steps} and {total_steps}")
+        if not (base_lr > 0 and 0 <= end_lr <= base_lr):
+            raise ValueError(f"need base_lr > 0 and 0 <= end_lr <= base_lr, got {base_lr} and {end_lr}")
+        self.warmup_steps, self.total_steps = int(warmup_steps), int(total_steps)
+        self.end_ratio = end_lr / base_lr
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return step / self.warmup_steps
+        q = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.end_ratio + (1.0 - self.end_ratio) * (1.0 + math.cos(math.pi * q)) / 2.0
+
+
+def warmup_cosine_schedule(optimizer: Optimizer, warmup_steps: int, total_steps: int, end_lr: float) -> LambdaLR:
+    """A `LambdaLR` implementing `WarmupCosine` on `optimizer` (base lr = its first group's `lr`)."""
+    base = optimizer.param_groups[0]["lr"]
+    return LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, base, end_lr))

@@ -11,12 +11,12 @@ from pathlib import Path
 from vfmtok.io.files import read_json_dict
 
 
-def find_latest_run(root: str | Path, weights_file: str, fmt: str, max_depth: int = 3) -> Path | None:
+def find_latest_run(root: str | Path, weights_file: str, fmt: str | tuple[str, ...], max_depth: int = 3) -> Path | None:
     """The run under `root` whose `weights_file` is newest (mtime; ties broken by path), or None.
 
     Args:
         root: folder to search (missing: None). weights_file: e.g. "model.safetensors". fmt: the `format` its
-            config.json must carry. max_depth: how many folder levels below `root` to look (folders named
+            config.json must carry (or a tuple of accepted formats). max_depth: how many folder levels below `root` to look (folders named
             `checkpoints` are skipped).
 
     Returns:
@@ -30,6 +30,6 @@ def find_latest_run(root: str | Path, weights_file: str, fmt: str, max_depth: in
             if "checkpoints" in run.relative_to(root).parts:
                 continue
             cfg = read_json_dict(run / "config.json")
-            if cfg is not None and cfg.get("format") == fmt:
+            if cfg is not None and cfg.get("format") in ((fmt,) if isinstance(fmt, str) else fmt):
                 found.append((weights.stat().st_mtime, str(run), run))
     return max(found)[2] if found else None

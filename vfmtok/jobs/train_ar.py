@@ -1,16 +1,21 @@
-"""Training of the class-conditional GPT on a token store (`vfmtok train-ar`), on the generic engine Trainer.
+"""Training of a class-conditional generator (LlamaGen GPT or RAR) on a token store (`vfmtok train-ar`), on the
+generic engine Trainer.
 
-Recipe (VFMTok paper section 4.1; official `train_c2i.py`, shared/reference/vfmtok.md section 3.2): AdamW (fused on
-CUDA) with betas (0.9, 0.95), constant lr 1e-4 (no warm-up), weight decay 0.05 on >= 2-D parameters only, gradient
-clipping at global norm 1.0, bf16 autocast on CUDA, EMA 0.9999 of the GPT (the exported weights are the EMA),
-global batch 512. Deviation: the official code tokenizes raw images on the fly; here the codes come from a token
-store (one augmentation per image and epoch, `vfmtok.data.token_store.augmentation_choice`).
+GPT recipe (VFMTok paper section 4.1; official `train_c2i.py`, shared/reference/vfmtok.md section 3.2): AdamW (fused
+on CUDA) with betas (0.9, 0.95), constant lr 1e-4 (no warm-up), weight decay 0.05 on >= 2-D parameters only,
+gradient clipping at global norm 1.0, bf16 autocast on CUDA, EMA 0.9999 of the GPT (the exported weights are the
+EMA), global batch 512. RAR recipe (`--model RAR-*`, shared/reference/rar.md section 3): randomized token orders
+annealed to raster, both neighbour sequences of an image per step, AdamW 4e-4 / (0.9, 0.96) / 0.03, warm-up + cosine
+to 1e-5, no EMA; the differences live in `vfmtok.jobs.ar_generators`. Deviation: the official code tokenizes raw
+images on the fly; here the codes come from a token store (one crop view per image and epoch,
+`vfmtok.data.token_store.augmentation_choice`).
 
 Data order, resumption, signals, non-finite checks, DDP and checkpoints come from `vfmtok.engine.trainer.Trainer`.
 This module adds: store checks before any step, a fixed held-out validation split, validation losses of the live
 and EMA weights, tokens/s and an MFU estimate, run provenance (`RUN/config.json`) and the EMA export. With
-`fsdp=True` the GPT is sharded with FSDP2, one unit per `TransformerBlock` (vfmtok.engine.fsdp: sharded EMA and
-checkpoints); the export gathers the full EMA weights, so `model.safetensors` is the same as for a DDP run.
+`fsdp=True` the generator is sharded with FSDP2, one unit per `TransformerBlock` (RAR: per `Block`)
+(vfmtok.engine.fsdp: sharded EMA and checkpoints); the export gathers the full weights, so `model.safetensors` is
+the same as for a DDP run.
 """
 from __future__ import annotations
 
@@ -34,23 +39,22 @@ from vfmtok.data.token_store.reader import (StoreInfo, TokenDataset, TokenStoreE
 from vfmtok.device import set_tf32_for_job
 from vfmtok.engine.accel import make_accelerator
 from vfmtok.engine.checkpoint import latest_checkpoint
-from vfmtok.engine.fsdp import is_fsdp, reshard, shard_model
+from vfmtok.engine.fsdp import full_tensor, is_fsdp, reshard, shard_model
+from vfmtok.engine.schedule import warmup_constant_schedule, warmup_cosine_schedule
 from vfmtok.engine.trainer import StepOutput, Trainer, TrainerConfig, TrainResult
-from vfmtok.models.gpt import GPT
-from vfmtok.models.gpt_layers import TransformerBlock
 from vfmtok.io.state import floats_to_float32, strict_load
-from vfmtok.models.gpt_io import create_gpt, load_gpt, save_gpt
+from vfmtok.jobs import ar_generators as gen
 
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "train_settings.json"  # written at the start of a run, checked on --resume
 VAL_SPLIT_SEED = 20250711  # the held-out split depends only on N and the val count, never on --seed
 TIME_DEPENDENT_KEYS = ("images_per_s", "sec_per_step", "time", "tokens_per_s", "mfu", "val_sec")
-# Epochs of the paper's runs (reference/vfmtok.md 3.2): 300 for B and L, 200 for the larger models.
-DEFAULT_BATCH_SIZE = 512  # the paper's global batch
+# Epochs of the paper's runs (reference/vfmtok.md 3.2): 300 for B and L, 200 for the larger models; RAR 400.
+DEFAULT_BATCH_SIZE = gen.GPT_RECIPE.batch_size  # the paper's global batch (RAR: gen.RAR_RECIPE.batch_size images)
 LONG_RUN_HOURS = 3.0  # warn when the measured speed puts the run above this
 ETA_CHECK_STEPS = 10  # steps timed before the run-length check
-PAPER_EPOCHS = {"GPT-B": 300, "GPT-L": 300, "GPT-XL": 200, "GPT-XXL": 200, "GPT-2B": 200, "GPT-3B": 200}
+PAPER_EPOCHS = {**gen.GPT_RECIPE.epochs, **gen.RAR_RECIPE.epochs}
 
 # Dense (no sparsity) bf16 tensor-core peaks in FLOP/s per GPU, from the vendors' datasheets. Matched in order
 # against `torch.cuda.get_device_name()`; the first matching substring wins.
@@ -77,19 +81,30 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class TrainARConfig:
-    """Settings of a `train-ar` run (defaults = the paper's recipe).
+    """Settings of a `train-ar` run (None = the recipe of the model's family, `vfmtok.jobs.ar_generators`).
 
     Attributes:
         tokens: token store directory (`vfmtok extract-tokens` output).
         out: run directory; None -> `runs/ar-<UTC timestamp>`.
-        model: GPT preset name (`vfmtok.models.gpt_config.GPT_PRESETS`).
+        model: GPT preset (`vfmtok.models.gpt_config.GPT_PRESETS`) or RAR preset
+            (`vfmtok.models.rar_config.RAR_PRESETS`: RAR-tiny, RAR-L, RAR-XL, RAR-XXL).
         steps / epochs: length of the whole run in optimizer steps, or in epochs over the training split
-            (at most one; neither -> the paper's epochs for the preset, 300 for GPT-tiny).
-        batch_size: global batch (sequences per optimizer step over all ranks and micro-batches); None: the
-            paper's 512, or the largest multiple of (processes x grad_accum) that the training split holds when it
-            holds fewer than 512 images (so small own datasets train as typed).
+            (at most one; neither -> the paper's epochs for the preset (RAR: 400), 300 for the tiny presets).
+        batch_size: global batch in images per optimizer step over all ranks and micro-batches (with
+            views="all-neighbours" each image gives K sequences); None: the recipe's 512 (GPT) / 2048 (RAR), or
+            the largest multiple of (processes x grad_accum) that the training split holds when it holds fewer
+            images (so small own datasets train as typed).
         grad_accum: micro-batches per optimizer step.
-        lr, weight_decay, betas, grad_clip, ema_decay: optimiser recipe (weight decay on >= 2-D params only).
+        lr, weight_decay, betas, grad_clip, ema_decay: optimiser recipe (weight decay on >= 2-D params only; RAR
+            also excludes its embedding tables). ema_decay None: the recipe's (GPT 0.9999, RAR no EMA, so the live
+            weights are exported).
+        lr_schedule: "constant" (GPT) | "cosine" (RAR: linear warm-up, then cosine to `end_lr`).
+        warmup_steps: linear warm-up in optimizer steps (None: the recipe's fraction of the run, RAR 25 %, GPT 0).
+        end_lr: final lr of the cosine schedule (None: 1e-5).
+        views: "per-epoch" (one stored view per image and epoch; GPT default) or "all-neighbours" (every
+            neighbour sequence of one crop view per image, `extract-tokens --neighbours 2`; RAR default).
+        rar_anneal: RAR's random-order anneal (start, end) in optimizer steps: probability 1 before start, linear
+            to 0 at end, 0 after (None: 50 % and 75 % of the run, the authors' 125,000 / 187,500 of 250,000).
         val_fraction / val_count: size of the held-out split (val_count wins when given); 0 disables validation.
         val_every: validation period in steps (multiple of log_every; the last step is always validated).
         val_batch_size: per-rank batch of the validation pass (None -> the per-rank micro-batch).
@@ -106,7 +121,8 @@ class TrainARConfig:
             (None keeps the preset's 0.1).
         skip_nonfinite: skip steps with a non-finite loss/grad norm instead of stopping.
         seed, device, mixed_precision: as everywhere (bf16/fp16 autocast on CUDA only).
-        init_from: optional GPT weights to start from (run dir, .safetensors or the authors' GPT-*.pt).
+        init_from: optional weights to start from (run dir, .safetensors or the authors' GPT-*.pt / RAR
+            safetensors); must be of the family of `model`.
         peak_tflops: device peak (TFLOP/s per process) for the MFU estimate; None -> `PEAK_BF16_FLOPS` on CUDA,
             no MFU on CPU.
         progress: tqdm bar on the main process.
@@ -122,11 +138,16 @@ class TrainARConfig:
     epochs: float | None = None
     batch_size: int | None = None
     grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
+    lr: float | None = None
+    weight_decay: float | None = None
+    betas: tuple[float, float] | None = None
     grad_clip: float = 1.0
-    ema_decay: float = 0.9999
+    ema_decay: float | None = None
+    lr_schedule: str | None = None
+    warmup_steps: int | None = None
+    end_lr: float | None = None
+    views: str | None = None
+    rar_anneal: tuple[int, int] | None = None
     val_fraction: float = 0.01
     val_count: int | None = None
     val_every: int = 1000
@@ -169,11 +190,27 @@ class TrainARConfig:
             raise ValueError(f"--val-count {self.val_count}: expected >= 0")
         if self.val_every < 1 or self.val_every % self.log_every:
             raise ValueError(f"--val-every {self.val_every} must be a positive multiple of --log-every {self.log_every}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
+        if (self.lr is not None and self.lr <= 0) or (self.weight_decay or 0) < 0 or self.grad_clip < 0:
             raise ValueError(f"--lr {self.lr} must be > 0, --weight-decay {self.weight_decay} and --grad-clip "
                              f"{self.grad_clip} >= 0")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+        if self.betas is not None and (len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas)):
             raise ValueError(f"--betas {self.betas}: expected two values in [0, 1)")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay {self.ema_decay}: expected in [0, 1)")
+        if self.lr_schedule is not None and self.lr_schedule not in gen.LR_SCHEDULES:
+            raise ValueError(f"--lr-schedule {self.lr_schedule!r}: expected one of {', '.join(gen.LR_SCHEDULES)}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"--warmup-steps {self.warmup_steps}: expected >= 0")
+        if self.end_lr is not None and self.end_lr < 0:
+            raise ValueError(f"--end-lr {self.end_lr}: expected >= 0")
+        if self.views is not None and self.views not in gen.VIEWS:
+            raise ValueError(f"--views {self.views!r}: expected one of {', '.join(gen.VIEWS)}")
+        if self.rar_anneal is not None:
+            if gen.generator_kind(self.model) != "rar":
+                raise ValueError(f"--rar-anneal applies to RAR models (RAR-tiny, RAR-L, ...), not --model {self.model}")
+            if len(self.rar_anneal) != 2 or not 0 <= self.rar_anneal[0] <= self.rar_anneal[1]:
+                raise ValueError(f"--rar-anneal {tuple(self.rar_anneal)}: expected START END with 0 <= START <= END "
+                                 "(optimizer steps)")
         if self.fsdp and getattr(self.mixed_precision, "value", self.mixed_precision) == "fp16":
             raise ValueError("--fsdp with --mixed-precision fp16 is not supported (fp16 loss scaling over sharded "
                              "gradients); use bf16")
@@ -248,10 +285,10 @@ class _Validator:
 
     def __init__(self, codes: torch.Tensor, labels: torch.Tensor, batch: int, with_ema: bool) -> None:
         self.codes, self.labels, self.batch, self.with_ema = codes, labels, batch, with_ema
-        self._ema_model: GPT | None = None
+        self._ema_model: torch.nn.Module | None = None
 
     @torch.no_grad()
-    def _loss(self, tr: Trainer, model: GPT) -> float:
+    def _loss(self, tr: Trainer, model: torch.nn.Module) -> float:
         was_training = model.training
         model.eval()
         fsdp = is_fsdp(model)
@@ -269,7 +306,7 @@ class _Validator:
                 idx = torch.zeros(1, dtype=torch.long)
             codes, labels = self.codes[idx].to(tr.device), self.labels[idx].to(tr.device)
             with tr.accelerator.autocast():
-                _, loss = model(codes[:, :-1], labels, targets=codes)
+                loss = gen.teacher_forced_loss(model, codes, labels)
             total += torch.stack([loss.double() * weight, torch.tensor(float(weight), device=tr.device).double()])
         if fsdp:
             reshard(model)  # FSDP2 keeps the root unit unsharded after a forward without backward
@@ -300,17 +337,37 @@ class TrainARResult:
     last_record: dict[str, Any] = field(default_factory=dict)
 
 
-def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], None] | None = None) -> TrainARResult:
-    """Train a GPT on a token store; every rank calls it (one process, or DDP under torchrun / accelerate).
+@dataclass
+class StepBatch:
+    """What one micro-batch feeds the model (the `batch_observer` test hook).
+
+    Attributes:
+        rank, step: process index and 0-based optimizer step. rows: (B,) int64 store indices of the images.
+        tokens: (S, L) int64 raster-order sequences (S = B x K with all neighbours, image-major). labels: (S,) int64.
+        orders: (S, L) int64 token orders (RAR), None for the GPT.
+    """
+
+    rank: int
+    step: int
+    rows: torch.Tensor
+    tokens: torch.Tensor
+    labels: torch.Tensor
+    orders: torch.Tensor | None
+
+
+def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], None] | None = None,
+             batch_observer: Callable[[StepBatch], None] | None = None) -> TrainARResult:
+    """Train a GPT or a RAR on a token store; every rank calls it (one process, or DDP under torchrun / accelerate).
 
     Writes `out/checkpoints/`, `out/metrics.jsonl` (keys: step, epoch, loss_gpt, lr_gpt, grad_norm_gpt,
-    tokens_per_s, mfu, val_loss, val_loss_ema, ...), `out/train_settings.json` and, at the end (also after a
-    SIGTERM/SIGINT stop), `out/model.safetensors` (EMA weights) + `out/config.json` (save_gpt's config plus
-    tokenizer/token_store provenance, `train` settings and `command`).
+    tokens_per_s, mfu, val_loss, val_loss_ema, RAR: rar_order_prob, ...; the generator is called "gpt" in the keys
+    of both families), `out/train_settings.json` and, at the end (also after a SIGTERM/SIGINT stop),
+    `out/model.safetensors` (EMA weights, or the live weights without EMA) + `out/config.json` (save_gpt's /
+    save_rar's config plus tokenizer/token_store provenance, `train` settings and `command`).
 
     Args:
         cfg: the settings. observer: test hook called as `observer(rank, step, store_indices (B,) int64)` for
-            every micro-batch.
+            every micro-batch. batch_observer: test hook called with the `StepBatch` of every micro-batch.
 
     Returns:
         A `TrainARResult` (on every rank).
@@ -322,7 +379,17 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
         vfmtok.engine.trainer.NonFiniteLossError: a non-finite loss without skip_nonfinite.
     """
     cfg.validate()
+    kind = gen.generator_kind(cfg.model)
+    recipe = gen.recipe(kind)
+    cfg = dataclasses.replace(cfg, **{name: getattr(recipe, name) for name in (
+        "lr", "betas", "weight_decay", "lr_schedule", "end_lr", "views") if getattr(cfg, name) is None})
+    if cfg.ema_decay is None and recipe.ema_decay is not None:
+        cfg = dataclasses.replace(cfg, ema_decay=recipe.ema_decay)
     info = check_token_store(cfg.tokens)
+    per_image = info.neighbours if cfg.views == "all-neighbours" else 1  # sequences per image and step
+    if cfg.views == "all-neighbours" and info.neighbours == 1:
+        log.warning("train-ar: --views all-neighbours on %s, a store of one neighbour per view: one sequence per "
+                    "image (the RAR recipe trains on `extract-tokens --neighbours 2` stores)", info.path)
     accelerator = make_accelerator(cfg.device, cfg.mixed_precision)
     out = Path(_broadcast(accelerator, str(cfg.out if cfg.out is not None else _default_out()))).resolve()
     world = accelerator.num_processes
@@ -334,13 +401,13 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
     train_idx, val_idx = split_indices(info.num_images, val_count)
     if cfg.batch_size is None:
         unit = world * cfg.grad_accum
-        fitted = min(DEFAULT_BATCH_SIZE, len(train_idx) // unit * unit)
+        fitted = min(recipe.batch_size, len(train_idx) // unit * unit)
         if fitted < 1:
             raise TokenStoreError(f"{info.path}: {len(train_idx)} training images cannot fill one batch of "
                                   f"{unit} (processes x --grad-accum)")
-        if fitted < DEFAULT_BATCH_SIZE:
+        if fitted < recipe.batch_size:
             log.warning("train-ar: batch size %d (the training split holds %d images, fewer than the paper's %d; "
-                        "--batch-size to choose)", fitted, len(train_idx), DEFAULT_BATCH_SIZE)
+                        "--batch-size to choose)", fitted, len(train_idx), recipe.batch_size)
         cfg = dataclasses.replace(cfg, batch_size=fitted)
     if len(train_idx) < cfg.batch_size:
         raise TokenStoreError(f"{info.path}: {len(train_idx)} training images (after holding out {val_count}) are "
@@ -348,11 +415,15 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
     steps_per_epoch = len(train_idx) // cfg.batch_size
     epochs = cfg.epochs if cfg.epochs is not None else (None if cfg.steps else PAPER_EPOCHS.get(cfg.model, 300))
     total_steps = cfg.steps if cfg.steps is not None else max(1, int(round(epochs * steps_per_epoch)))
+    if cfg.warmup_steps is None:
+        cfg = dataclasses.replace(cfg, warmup_steps=int(round(recipe.warmup_fraction * total_steps)))
+    if cfg.warmup_steps > total_steps:
+        raise ValueError(f"--warmup-steps {cfg.warmup_steps} exceeds the run's {total_steps} steps")
+    if kind == "rar" and cfg.rar_anneal is None:
+        cfg = dataclasses.replace(cfg, rar_anneal=gen.default_anneal(total_steps))
+    anneal = tuple(cfg.rar_anneal) if kind == "rar" else None
 
     # -- model ------------------------------------------------------------------------------------
-    overrides: dict[str, Any] = {"class_dropout": cfg.class_dropout}
-    if cfg.dropout is not None:
-        overrides.update(token_dropout=cfg.dropout, resid_dropout=cfg.dropout, ffn_dropout=cfg.dropout)
     if cfg.fsdp:
         import torch.distributed as dist
 
@@ -360,29 +431,29 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
             raise ValueError("--fsdp needs a distributed launch: torchrun --nproc_per_node N -m vfmtok train-ar ... "
                              "--fsdp (or accelerate launch with a multi-GPU config)")
     torch.manual_seed(cfg.seed)  # initialisation depends on --seed only (same on every rank)
+    model = gen.build_generator(kind, cfg.model, info, cfg.class_dropout, cfg.dropout, cfg.init_from)
     if cfg.init_from is not None:
-        model = load_gpt(cfg.init_from, **overrides)
         check_model_matches_store(model.config, info, f"--init-from {cfg.init_from}")
-    else:
-        model = create_gpt(cfg.model, vocab_size=info.vocab_size, num_classes=info.num_classes,
-                           grid_size=info.grid_size, **overrides)
     check_model_matches_store(model.config, info, f"model {cfg.model}")
     model.activation_checkpointing = cfg.grad_checkpointing
-    gpt_config = dataclasses.asdict(model.config)
+    model_config = dataclasses.asdict(model.config)
+    config_key = gen.config_key(kind)
 
     train_settings = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in dataclasses.asdict(cfg).items()
                       if k not in ("command", "progress", "print_every", "resume")}
     train_settings.update(out=str(out), total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                           val_count=val_count, train_count=len(train_idx), world_size=world,
                           micro_batch=cfg.batch_size // max(1, world * cfg.grad_accum),
-                          tokens_per_step=cfg.batch_size * info.num_tokens,
+                          generator=kind, sequences_per_image=per_image, store_neighbours=info.neighbours,
+                          sequences_per_step=cfg.batch_size * per_image,
+                          tokens_per_step=cfg.batch_size * per_image * info.num_tokens,
                           mixed_precision=getattr(cfg.mixed_precision, "value", cfg.mixed_precision),
                           effective_precision=str(accelerator.mixed_precision),
                           tf32=set_tf32_for_job("train-ar"),
                           device_type=accelerator.device.type,
                           flops_per_token=model.flops_per_token(training=True),
                           num_params=model.num_params())
-    settings = _json({"gpt_config": gpt_config, **_provenance(info), "train": train_settings})
+    settings = _json({config_key: model_config, **_provenance(info), "train": train_settings})
     settings_file = out / SETTINGS_FILE
     if not cfg.resume and (settings_file.exists() or latest_checkpoint(out / "checkpoints") is not None):
         raise FileExistsError(f"{out} already holds a train-ar run; pass --resume to continue it or choose another "
@@ -392,25 +463,38 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
         if not settings_file.is_file():
             raise FileNotFoundError(f"--resume: {settings_file} not found; {out} is not a train-ar run")
         old = json.loads(settings_file.read_text())
-        for key in ("gpt_config", "token_store_manifest_sha256"):
+        for key in (config_key, "token_store_manifest_sha256"):
             if old.get(key) != settings[key]:
                 raise TokenStoreError(f"--resume: {out} was trained with another {key} ({old.get(key)!r}); this "
                                       f"invocation has {settings[key]!r}")
+        changed = [f"{k} {old['train'].get(k)!r} -> {train_settings[k]!r}" for k in (
+            "rar_anneal", "lr_schedule", "warmup_steps", "total_steps") if _json(old["train"].get(k)) != _json(
+            train_settings[k]) and (k != "total_steps" or anneal is not None or cfg.lr_schedule != "constant")]
+        if changed:
+            log.warning("train-ar --resume: the step-dependent schedule differs from the run's (%s); the resumed "
+                        "steps follow the new one", "; ".join(changed))
         if old["train"].get("val_count") != val_count:
             raise ValueError(f"--resume: the run held out {old['train'].get('val_count')} validation images, this "
                              f"invocation {val_count}; use the same --val-count/--val-fraction")
 
     # -- optimiser, data, trainer -----------------------------------------------------------------------
     flops_per_token = model.flops_per_token(training=True)
-    if cfg.compile:  # per block: GPT.forward's id range checks (host syncs) stay outside the compiled graphs
-        for layer in model.layers:
+    if cfg.compile:  # per block: forward's id range checks (host syncs) stay outside the compiled graphs
+        for layer in gen.blocks(model):
             layer.compile()
     if cfg.fsdp:  # before the optimizer: the optimizer must hold the sharded parameters
-        shard_model(model, (TransformerBlock,), accelerator.device)
+        shard_model(model, gen.block_types(kind), accelerator.device)
     fused = accelerator.device.type == "cuda"
-    optimizer = torch.optim.AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+    optimizer = torch.optim.AdamW(gen.param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
                                   fused=fused or None)
-    dataset = TokenDataset(info.path, seed=cfg.seed, indices=train_idx, return_index=True)
+    if cfg.lr_schedule == "cosine":
+        schedulers = {"gpt": warmup_cosine_schedule(optimizer, cfg.warmup_steps, total_steps, cfg.end_lr)}
+    elif cfg.warmup_steps:
+        schedulers = {"gpt": warmup_constant_schedule(optimizer, cfg.warmup_steps)}
+    else:
+        schedulers = {}
+    dataset = TokenDataset(info.path, seed=cfg.seed, indices=train_idx, return_index=True,
+                           all_neighbours=cfg.views == "all-neighbours")
     tcfg = TrainerConfig(out_dir=out, total_steps=total_steps, global_batch=cfg.batch_size,
                          grad_accum=cfg.grad_accum, save_every=cfg.save_every, keep_last=cfg.keep_last,
                          log_every=cfg.log_every, grad_clip=cfg.grad_clip or None,
@@ -421,13 +505,26 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
         codes, labels, rows = batch
         if observer is not None:
             observer(tr.rank, tr.step, rows.cpu())
+        if codes.ndim == 3:  # all neighbours: (B, K, L) -> (B K, L), image-major, the label repeated
+            labels = labels.repeat_interleave(codes.shape[1])
+            codes = codes.flatten(0, 1)
+        orders = None
         # ids were range-checked on the host by check_token_store: no per-micro-batch device sync
-        _, loss = tr.models["gpt"](codes[:, :-1], labels, targets=codes, check_ids=False)
+        if anneal is not None:
+            orders = gen.training_orders(cfg.seed, tr.step, rows.cpu(), per_image, info.num_tokens,
+                                         gen.order_prob(tr.step, anneal))
+            _, loss = tr.models["gpt"](codes, labels, orders=orders.to(codes.device), targets=codes, check_ids=False)
+        else:
+            _, loss = tr.models["gpt"](codes[:, :-1], labels, targets=codes, check_ids=False)
+        if batch_observer is not None:
+            batch_observer(StepBatch(tr.rank, tr.step, rows.cpu(), codes.cpu(), labels.cpu(), orders))
         return StepOutput({"gpt": loss})
 
     val_codes, val_labels = load_val_set(info, val_idx)
     micro = cfg.batch_size // (world * cfg.grad_accum) if cfg.batch_size % (world * cfg.grad_accum) == 0 else 1
-    validator = _Validator(val_codes, val_labels, cfg.val_batch_size or micro, cfg.val_ema) if val_count else None
+    with_ema = cfg.ema_decay is not None
+    validator = (_Validator(val_codes, val_labels, cfg.val_batch_size or micro, cfg.val_ema and with_ema)
+                 if val_count else None)
     peak = device_peak_flops(accelerator.device, cfg.peak_tflops)
     clock = {"t": time.perf_counter(), "steps": 0}
     eta = {"t0": None, "step0": None, "done": False}
@@ -445,17 +542,19 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
         hours = sec_per_step * (total_steps - step) / 3600
         if hours > LONG_RUN_HOURS and tr.accelerator.is_main_process:
             log.warning("train-ar: at %.3g s/step on %s the remaining %d steps take about %.1f hours; for a quick run "
-                        "choose a smaller --model (e.g. GPT-tiny) or fewer --steps / --epochs", sec_per_step,
-                        tr.device, total_steps - step, hours)
+                        "choose a smaller --model (e.g. %s) or fewer --steps / --epochs", sec_per_step,
+                        tr.device, total_steps - step, hours, "RAR-tiny" if kind == "rar" else "GPT-tiny")
 
     def after_step(tr: Trainer, record: dict[str, Any]) -> None:
+        if anneal is not None:
+            record["rar_order_prob"] = gen.order_prob(tr.step, anneal)
         step = tr.step + 1
         check_run_length(tr, step)
         clock["steps"] += 1
         if step % cfg.log_every and step != total_steps:
             return
         elapsed = max(time.perf_counter() - clock["t"], 1e-9)
-        tokens_per_s = clock["steps"] * cfg.batch_size * info.num_tokens / elapsed
+        tokens_per_s = clock["steps"] * cfg.batch_size * per_image * info.num_tokens / elapsed
         record["tokens_per_s"] = tokens_per_s
         record["mfu"] = tokens_per_s * flops_per_token / (peak * tr.world_size) if peak else None
         if validator is not None and (step % cfg.val_every == 0 or step == total_steps):
@@ -467,54 +566,75 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
         clock.update(t=time.perf_counter(), steps=0)
 
     trainer = Trainer(accelerator, tcfg, {"gpt": model}, {"gpt": optimizer}, step_fn, dataset,
-                      ema={"gpt": cfg.ema_decay}, after_step=after_step)
+                      schedulers=schedulers, ema={"gpt": cfg.ema_decay} if with_ema else {}, after_step=after_step)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume:
             settings_file.write_text(json.dumps(settings, indent=2) + "\n")
-        log.info("train-ar: %s, %d params, %d steps (%d per epoch), out %s", cfg.model,
-                 model.num_params(), total_steps, steps_per_epoch, out)
+        log.info("train-ar: %s, %d params, %d steps (%d per epoch), out %s%s", cfg.model,
+                 model.num_params(), total_steps, steps_per_epoch, out,
+                 f", random orders annealed over steps {anneal[0]}..{anneal[1]}" if anneal else "")
     accelerator.wait_for_everyone()
     clock["t"] = time.perf_counter()  # throughput windows exclude the set-up
     result = trainer.fit(resume=cfg.resume)
 
-    # sharded EMA: gathered on every rank (collective), kept by rank 0 only
-    ema_state = trainer.emas["gpt"].full_state_dict(keep=accelerator.is_main_process) if cfg.fsdp else None
+    # sharded weights: gathered on every rank (collective), kept by rank 0 only
+    full_state = None
+    if cfg.fsdp:
+        keep = accelerator.is_main_process
+        full_state = (trainer.emas["gpt"].full_state_dict(keep=keep) if with_ema else
+                      _gather_full(trainer.unwrap("gpt"), keep))
     if accelerator.is_main_process:
-        export_ema(trainer, out, settings, cfg.command, result, ema_state)
+        export_ema(trainer, out, settings, cfg.command, result, full_state)
     accelerator.wait_for_everyone()
     return TrainARResult(out, result, dict(last))
 
 
+def _gather_full(model: torch.nn.Module, keep: bool) -> dict[str, torch.Tensor]:
+    """The full fp32 CPU state dict of an FSDP-sharded model (collective: every rank calls it; `keep` ranks hold it)."""
+    out = {}
+    for name, tensor in model.state_dict().items():
+        full = full_tensor(tensor.detach())
+        if keep:
+            out[name] = full.to("cpu", torch.float32, copy=True)
+    return out
+
+
 def export_ema(trainer: Trainer, out: Path, settings: dict[str, Any], command: str | None,
                result: TrainResult, ema_state: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write `out/model.safetensors` (EMA weights, fp32) and `out/config.json` (save_gpt's keys + provenance).
+    """Write `out/model.safetensors` (EMA weights, or the live weights of a run without EMA; fp32) and
+    `out/config.json` (save_gpt's / save_rar's keys + provenance).
 
-    config.json keys: format, format_version, gpt_config (from `save_gpt`), tokenizer, tokenizer_sha256,
-    tokenizer_weights_fingerprint, token_store, token_store_manifest_sha256, train (settings), command,
-    step, interrupted, weights ("ema"), created.
+    config.json keys: format ("vfmtok.gpt" | "vfmtok.rar"), format_version, gpt_config | rar_config, tokenizer,
+    tokenizer_sha256, tokenizer_weights_fingerprint, token_store, token_store_manifest_sha256, train (settings),
+    command, step, interrupted, weights ("ema" | "live"), created.
 
     Args:
-        ema_state: the full EMA weights (`EMA.full_state_dict()`), required when the GPT is FSDP-sharded (then
-            written into a fresh unsharded GPT: same keys and shapes as without FSDP); None -> the trainer's EMA.
+        ema_state: the full weights to export (`EMA.full_state_dict()`, or the gathered live weights without EMA),
+            required when the model is FSDP-sharded (then written into a fresh unsharded model: same keys and
+            shapes as without FSDP); None -> the trainer's EMA (live weights without EMA).
 
     Raises:
-        ValueError: an FSDP-sharded GPT without `ema_state`, or an `ema_state` lacking GPT keys.
+        ValueError: an FSDP-sharded model without `ema_state`, or an `ema_state` lacking model keys.
     """
+    live = trainer.unwrap("gpt")
+    weights = "ema" if "gpt" in trainer.emas else "live"
     if ema_state is not None:
         with torch.random.fork_rng(devices=[]):  # the throw-away initialisation leaves the RNG untouched
-            model = GPT(trainer.unwrap("gpt").config).eval()
-        strict_load(model, ema_state, "the gathered EMA weights", what="the GPT config strictly", convert=floats_to_float32)
+            model = gen.fresh_like(live).eval()
+        strict_load(model, ema_state, f"the gathered {weights} weights", what="the model config strictly",
+                    convert=floats_to_float32)
     elif "gpt" in trainer.fsdp_models:
-        raise ValueError("export_ema: the GPT is FSDP-sharded; pass ema_state=trainer.emas['gpt'].full_state_dict()")
+        raise ValueError("export_ema: the model is FSDP-sharded; pass ema_state=trainer.emas['gpt'].full_state_dict()")
     else:
-        model = copy.deepcopy(trainer.unwrap("gpt")).cpu().eval()
-        trainer.emas["gpt"].copy_to(model)
-    path = save_gpt(model, out)
+        model = copy.deepcopy(live).cpu().float().eval()
+        if weights == "ema":
+            trainer.emas["gpt"].copy_to(model)
+    path = gen.save_generator(model, out)
     doc = json.loads((out / "config.json").read_text())
-    doc.update({k: v for k, v in settings.items() if k != "gpt_config"})
+    doc.update({k: v for k, v in settings.items() if not k.endswith("_config")})
     doc.update(command=command if command is not None else " ".join(sys.argv), step=result.step,
-               interrupted=result.interrupted, weights="ema",
+               interrupted=result.interrupted, weights=weights,
                created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     tmp = out / ".config.json.tmp"
     tmp.write_text(json.dumps(_json(doc), indent=2) + "\n")

@@ -39,6 +39,12 @@ class TokenDataset(torch.utils.data.Dataset):
     item also carries that store index: `(codes (L,) int64, label () int64 tensor, store index () int64 tensor)`.
     This is how `train-ar` reads its training split.
 
+    All neighbours (`all_neighbours=True`, RAR's recipe): a store made with `extract-tokens --neighbours K` holds,
+    per crop view v of V = A / K, the (k+1)-th nearest code sequences at index k V + v. Then item i is the crop
+    view v chosen from (seed, epoch, store index) among the V views (the same rule, modulo V) and its codes are
+    all K neighbour sequences of that view: `(K, L)` int64, nearest first (collated to (B, K, L)). K = 1 for a
+    store without neighbours, so it degrades to one sequence per item, shaped (1, L).
+
     Args:
         path: store directory.
         seed: seed of the augmentation choice.
@@ -46,9 +52,11 @@ class TokenDataset(torch.utils.data.Dataset):
         allow_incomplete: read an incomplete store (testing only; unwritten rows hold the sentinel).
         indices: (n,) int store rows forming the dataset (default: all N images in order).
         return_index: items are `(codes, label, store index)` tensors (see above).
+        all_neighbours: items hold every neighbour sequence of one crop view (see above).
 
     Raises:
-        FileNotFoundError / ValueError: not a token store, incomplete, or `augmentation` out of range.
+        FileNotFoundError / ValueError: not a token store, incomplete, `augmentation` out of range (or given with
+            `all_neighbours`), or a manifest whose view count is not a multiple of its neighbour count.
     """
 
     def __init__(
@@ -59,6 +67,7 @@ class TokenDataset(torch.utils.data.Dataset):
         allow_incomplete: bool = False,
         indices: np.ndarray | None = None,
         return_index: bool = False,
+        all_neighbours: bool = False,
     ) -> None:
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
@@ -77,6 +86,11 @@ class TokenDataset(torch.utils.data.Dataset):
         if self._rows is not None and self._rows.size and (self._rows.min() < 0 or self._rows.max() >= self._n):
             raise ValueError(f"indices must lie in the token store's [0, {self._n})")
         self.return_index = bool(return_index)
+        self.all_neighbours = bool(all_neighbours)
+        self.neighbours = store_neighbours(self.manifest, self.path)
+        if self.all_neighbours and augmentation is not None:
+            raise ValueError("all_neighbours chooses the crop view per epoch; a fixed augmentation cannot be combined "
+                             "with it")
         self._codes: np.ndarray | None = None
         self._labels: np.ndarray | None = None
         self.set_epoch(0)
@@ -167,15 +181,21 @@ class TokenDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {bad} outside [0, {len(self)})")
         rows = sub if self._rows is None else self._rows[sub]
         views = np.empty(len(rows), dtype=np.int64)
+        choices = self._a // self.neighbours if self.all_neighbours else self._a
         for e in np.unique(epochs):
             mask = epochs == e
             views[mask] = (self.augmentation if self.augmentation is not None
-                           else view_from_key(epoch_key(self.seed, int(e)), rows[mask], self._a))
-        codes = torch.from_numpy(self._codes[rows, views].astype(np.int64))
+                           else view_from_key(epoch_key(self.seed, int(e)), rows[mask], choices))
+        if self.all_neighbours:  # (B, K): view v of every neighbour rank k sits at k * V + v
+            views = views[:, None] + choices * np.arange(self.neighbours)[None, :]
+            rows_2d = np.broadcast_to(rows[:, None], views.shape)
+            codes = torch.from_numpy(self._codes[rows_2d, views].astype(np.int64))
+        else:
+            codes = torch.from_numpy(self._codes[rows, views].astype(np.int64))
         return codes, torch.from_numpy(self._labels[rows].astype(np.int64)), torch.from_numpy(rows)
 
     def __getitem__(self, index: Any) -> tuple[torch.Tensor, Any]:
-        if self.return_index or self._rows is not None:
+        if self.return_index or self._rows is not None or self.all_neighbours:
             if isinstance(index, (int, np.integer, tuple)):
                 codes, labels, rows = self._fetch([index])
                 return (codes[0], labels[0], rows[0]) if self.return_index else (codes[0], labels[0])
@@ -210,12 +230,29 @@ class TokenDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Batched fetch used by DataLoader auto-batching: one vectorised read, then split into samples."""
-        if self.return_index or self._rows is not None or (indices and isinstance(indices[0], tuple)):
+        if self.return_index or self._rows is not None or self.all_neighbours or (
+                indices and isinstance(indices[0], tuple)):
             codes, labels, rows = self._fetch(list(indices))
             parts = (codes, labels, rows) if self.return_index else (codes, labels)
             return list(zip(*(p.unbind(0) for p in parts)))
         codes, labels = self[indices]
         return list(zip(codes.unbind(0), labels.unbind(0)))
+
+
+def store_neighbours(manifest: dict[str, Any], path: str | os.PathLike = "") -> int:
+    """K, the neighbour sequences per crop view of a store (`extract-tokens --neighbours K`; 1 when not recorded).
+
+    Read from `manifest["crop"]["neighbours"]`, else `manifest["settings"]["neighbours"]`.
+
+    Raises:
+        ValueError: K < 1 or the view count A is not a multiple of K (names the manifest).
+    """
+    crop, settings = manifest.get("crop") or {}, manifest.get("settings") or {}
+    k = int(crop.get("neighbours") or settings.get("neighbours") or 1)
+    views = int(manifest.get("num_augmentations", 1))
+    if k < 1 or views % k:
+        raise ValueError(f"{path}/{MANIFEST_FILE}: neighbours {k} does not divide num_augmentations {views}")
+    return k
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,10 +275,11 @@ class StoreInfo:
     grid_size: int
     vocab_size: int
     num_classes: int
+    neighbours: int = 1  # K neighbour sequences per crop view (`extract-tokens --neighbours K`)
 
 
 def check_token_store(path: str | os.PathLike, chunk_rows: int = 1 << 14) -> StoreInfo:
-    """Open a token store and check everything a GPT run relies on, before any training step.
+    """Open a token store and check everything a GPT or RAR run relies on, before any training step.
 
     Reads the manifest, then every label and every code once (in chunks of `chunk_rows` images).
 
@@ -255,7 +293,8 @@ def check_token_store(path: str | os.PathLike, chunk_rows: int = 1 << 14) -> Sto
     Raises:
         FileNotFoundError: no store at `path`.
         TokenStoreError: empty or incomplete store, non-square token count, missing num_classes, a label outside
-            [0, num_classes) or a code outside [0, codebook_size) (each names the file, index and value).
+            [0, num_classes), a code outside [0, codebook_size) (each names the file, index and value), or a
+            neighbour count that does not divide the view count.
     """
     path = Path(path)
     manifest = read_manifest(path)
@@ -266,6 +305,10 @@ def check_token_store(path: str | os.PathLike, chunk_rows: int = 1 << 14) -> Sto
         raise TokenStoreError(f"{path}: the token store is incomplete; rerun the same `vfmtok extract-tokens` "
                               "command to finish it")
     layout = StoreLayout.from_manifest(manifest)
+    try:
+        store_neighbours(manifest, path)
+    except ValueError as err:
+        raise TokenStoreError(str(err)) from None
     grid = int(manifest.get("grid_size") or 0)
     if grid * grid != layout.num_tokens:
         raise TokenStoreError(f"{path}/manifest.json: num_tokens {layout.num_tokens} is not a square token grid "
@@ -290,7 +333,8 @@ def check_token_store(path: str | os.PathLike, chunk_rows: int = 1 << 14) -> Sto
             raise TokenStoreError(f"{path}/{CODES_FILE}: image {row} holds code {int(codes[row].max())}, outside "
                                   f"[0, codebook_size = {layout.codebook_size})")
     return StoreInfo(path.resolve(), manifest, sha256_file(path / MANIFEST_FILE), layout.num_images,
-                     layout.num_augmentations, layout.num_tokens, grid, layout.codebook_size, num_classes)
+                     layout.num_augmentations, layout.num_tokens, grid, layout.codebook_size, num_classes,
+                     store_neighbours(manifest, path))
 
 
 def check_model_matches_store(config: Any, info: StoreInfo, what: str) -> None:

@@ -90,16 +90,10 @@ def run_reproduce(opts: ReproduceOptions, command: str | None = None, log=print)
     and on ranks other than 0 under torchrun).
 
     Raises:
-        KeyError: unknown target. MissingFiles: inputs missing (before any work). RuntimeError: "RAR support not
-        installed" for the rar-* targets while `vfmtok.models.rar` is absent. ValueError: bad options.
+        KeyError: unknown target. MissingFiles: inputs missing (before any work). ValueError: bad options.
     """
-    import importlib.util
-
     target = get_target(opts.target)
     started = time.time()
-    if target.kind == "rar" and importlib.util.find_spec("vfmtok.models.rar") is None:
-        raise RuntimeError(f"{target.name}: RAR support not installed (vfmtok.models.rar is missing in this "
-                           "version); the GPT targets gpt-b ... gpt-3b and tokenizer work")
     if opts.labels not in ("balanced", "random"):
         raise ValueError(f"--labels {opts.labels!r}: expected balanced or random")
     paths = resolve_files(target, opts.files, opts.files_dir, opts.offline, opts.progress, log)

@@ -14,6 +14,8 @@ from vfmtok.io.hub import resolve_path
 from vfmtok.io.runs import find_latest_run
 
 GPT_FORMAT = "vfmtok.gpt"
+RAR_FORMAT = "vfmtok.rar"
+GENERATOR_FORMATS = (GPT_FORMAT, RAR_FORMAT)  # run folders `sample` accepts (train-ar --model GPT-* / RAR-*)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -32,19 +34,19 @@ class Checkpoints:
 
 
 def find_latest_gpt_run(root: str | Path = "runs", max_depth: int = 3) -> Path:
-    """The GPT run under `root` whose `model.safetensors` is newest (mtime).
+    """The generator run (GPT or RAR) under `root` whose `model.safetensors` is newest (mtime).
 
-    A run is a folder holding `model.safetensors` and a `config.json` with "format": "vfmtok.gpt", at most
-    `max_depth` folders below `root` (folders named `checkpoints` are skipped).
+    A run is a folder holding `model.safetensors` and a `config.json` with "format": "vfmtok.gpt" or "vfmtok.rar",
+    at most `max_depth` folders below `root` (folders named `checkpoints` are skipped).
 
     Raises:
         FileNotFoundError: `root` missing or no GPT run in it (says how to pass --ckpt).
     """
-    run = find_latest_run(root, "model.safetensors", GPT_FORMAT, max_depth)
+    run = find_latest_run(root, "model.safetensors", GENERATOR_FORMATS, max_depth)
     if run is None:
         raise FileNotFoundError(f"no GPT run found under {Path(root).resolve()} (a folder with model.safetensors and a "
-                                f"config.json of format {GPT_FORMAT!r}); train one with `vfmtok train-ar` or pass "
-                                "--ckpt RUN_DIR | model.safetensors | GPT-*.pt")
+                                f"config.json of format {GPT_FORMAT!r} or {RAR_FORMAT!r}); train one with `vfmtok "
+                                "train-ar` or pass --ckpt RUN_DIR | model.safetensors | GPT-*.pt")
     return run
 
 
@@ -53,7 +55,7 @@ def _gpt_run_config(gpt: Path) -> dict[str, Any] | None:
     if gpt.is_file() and gpt.suffix != ".safetensors":
         return None
     cfg = read_json_dict(cfg_file)
-    return cfg if cfg is not None and cfg.get("format") == GPT_FORMAT else None
+    return cfg if cfg is not None and cfg.get("format") in GENERATOR_FORMATS else None
 
 
 def _tokenizer_weights(path: Path) -> Path:
