@@ -71,12 +71,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def fp32_region(device_type: str = "cuda") -> Iterator[None]:
-    """Disable autocast inside (deformable attention, quantizer distances run in fp32 as in the paper's code)."""
-    with torch.autocast(device_type=device_type, enabled=False):
-        yield
-
 
 # TF32 (10-bit mantissa matmuls/convolutions on Ampere+ GPUs) per job, decided explicitly rather than left to
 # torch's defaults (CUDA matmul off, cuDNN convolutions on):
