@@ -118,9 +118,7 @@ def command(
     in fp32 (the effective precision is recorded in sample_config.json).
     Formulas and details: docs/sample.md.
     """
-    from vfmtok.jobs.sample.job import run_sample
-    from vfmtok.jobs.sample.options import SampleOptions
-    from vfmtok.jobs.sample.output import SampleDirError
+    from vfmtok.jobs.sample.options import SampleOptions  # torch-free: bad options are refused before torch loads
 
     try:
         class_ids = parse_classes(classes)
@@ -136,10 +134,17 @@ def command(
         overwrite=overwrite, seed=seed, device=device, mixed_precision=getattr(mixed_precision, "value", mixed_precision),
         progress=progress,
     )
+    try:
+        opts.validate()
+    except ValueError as err:
+        fail(str(err))
     from vfmtok.io.hub import is_hub_ref
 
     if encoder_weights is not None and not is_hub_ref(encoder_weights) and not encoder_weights.is_file():
         fail(f"--encoder-weights {encoder_weights}: file not found")
+    from vfmtok.jobs.sample.job import run_sample
+    from vfmtok.jobs.sample.output import SampleDirError
+
     try:
         run_sample(ckpt, tokenizer, out, opts, encoder_weights=encoder_weights,
                    command=shlex.join(["vfmtok", *sys.argv[1:]]))
