@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shlex
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -182,6 +183,8 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
         raise SampleDirError(status[1].split(": ", 1)[1])
     if status[0] == "complete":
         say(f"{out} already holds these {n} samples (same settings); nothing to do (--overwrite to redo)")
+        for line in next_steps(out):
+            say(line)
         return read_json_dict(out / CONFIG_NAME) or record
     todo = status[1]
     if rank == 0 and len(todo) < num_chunks:
@@ -192,9 +195,21 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
     barrier(world)
     if rank == 0:
         record = assemble(out, labels, num_chunks, opts, record, started)
-        say(f"wrote {out / NPZ_NAME} ({n} images {opts.image_size}x{opts.image_size}), {out / GRID_NAME}"
-            + (f", {out / 'images'}/" if opts.png else ""))
+        say(f"wrote {n} images {opts.image_size}x{opts.image_size}" + (f" ({out / 'images'}/*.png)" if opts.png else ""))
+        for line in next_steps(out):
+            say(line)
     return record
+
+
+def next_steps(out: Path) -> list[str]:
+    """The lines `vfmtok sample` ends with: the output folder, samples.npz, grid.png and the evaluate command.
+
+    `out` is printed as given (relative to the working directory when it was), so the command can be pasted.
+    """
+    npz = out / NPZ_NAME
+    return [f"output folder: {out}", f"  samples: {npz}", f"  grid:    {out / GRID_NAME}",
+            f"next: vfmtok evaluate {shlex.quote(str(npz))} --ref REF.npz   (REF.npz: e.g. VIRTUAL_imagenet256_labeled.npz, "
+            "or `vfmtok prepare-data VAL OUT --npz REF.npz`)"]
 
 
 def _sample_chunks(gpt, tok, labels: np.ndarray, chunks: list[int], out: Path, opts: SampleOptions,
