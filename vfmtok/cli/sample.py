@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vfmtok.cli.common import DeviceOpt, MixedPrecision, ProgressOpt, SeedOpt, fail, precision_option
+from vfmtok.cli.common import DeviceOpt, MixedPrecision, ProgressOpt, SeedOpt, fail, precision_option, warnings_as_lines
 
 PrecisionOpt = precision_option(
     "Applies to the GPT, its KV cache and the tokenizer's decoder; CPU samples fp32; the effective precision is "
@@ -150,8 +150,9 @@ def command(
     from vfmtok.jobs.sample.output import SampleDirError
 
     try:
-        run_sample(ckpt, tokenizer, out, opts, encoder_weights=encoder_weights,
-                   command=shlex.join(["vfmtok", *sys.argv[1:]]))
+        with warnings_as_lines():  # an unfinished run, near-identical samples: one `warning:` line each
+            run_sample(ckpt, tokenizer, out, opts, encoder_weights=encoder_weights,
+                       command=shlex.join(["vfmtok", *sys.argv[1:]]))
     except SampleDirError as err:
         fail(str(err))
     except (FileNotFoundError, ValueError) as err:
