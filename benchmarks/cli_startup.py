@@ -24,10 +24,12 @@ COMMANDS = ("prepare-data", "train-tokenizer", "extract-tokens", "train-ar", "sa
 BAD_ARGUMENTS = [
     ("prepare-data, missing SRC folder", ["prepare-data", "no_such_folder", "out"], 2),
     ("train-tokenizer, missing DATA", ["train-tokenizer", "no_such_folder"], 2),
+    ("train-tokenizer, missing --encoder-weights", ["train-tokenizer", ".", "--encoder-weights", "no_such.pth"], 2),
     ("extract-tokens, missing DATA", ["extract-tokens", "no_such_folder", "out", "--tokenizer", "no_such_run"], 2),
     ("train-ar, missing token store", ["train-ar", "--tokens", "no_such_store"], 2),
     ("sample, negative class id", ["sample", "--class", "-3", "-n", "4"], 2),
     ("sample, unknown option", ["sample", "--clas", "3"], 2),
+    ("sample, bad --top-p", ["sample", "--top-p", "0"], 2),
     ("evaluate, missing samples", ["evaluate", "samples.npz", "--ref", "ref.npz"], 2),
 ]
 

@@ -13,7 +13,8 @@ from vfmtok.models.gpt_io import create_gpt, load_gpt, save_gpt
 from vfmtok.models.rar import RAR, draw_orders, permute_tokens, random_order_prob
 from vfmtok.models.rar_config import RAR_PRESETS, RARConfig
 from vfmtok.models.rar_io import create_rar, infer_rar_config, is_rar_checkpoint, load_rar, save_rar
-from vfmtok.sampling import cfg_scales, generate, guide
+from vfmtok.guidance import cfg_scales
+from vfmtok.sampling import generate, guide
 
 # run -> (S, p) of the authors' sampler; cfg0 = no guidance (their S = 0 means "conditional only").
 RUNS = {"cfg0": (0.0, 1.0), "cfg4_pow1": (4.0, 1.0), "cfg16_pow2.75": (16.0, 2.75)}

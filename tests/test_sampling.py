@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from vfmtok.models.gpt import GPT
 from vfmtok.models.gpt_io import create_gpt, load_gpt
-from vfmtok.sampling import cfg_scales, generate, inverse_cdf, pick_tokens, top_k_filter, top_p_filter
+from vfmtok.guidance import cfg_scales
+from vfmtok.sampling import generate, inverse_cdf, pick_tokens, top_k_filter, top_p_filter
 
 RUNS = ("cfg1.0", "cfg1.5", "cfg4.0", "cfg4.0_interval50")
 NEAR_TIE = 1e-4

@@ -50,50 +50,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-SCHEDULES = ("constant", "linear", "cosine")
+from vfmtok.guidance import cfg_scales  # the schedules live torch-free (vfmtok.guidance) for the CLI
 
 
 # ---------------------------------------------------------------------------------------------
 # Guidance
 # ---------------------------------------------------------------------------------------------
-def cfg_scales(
-    seq_len: int, cfg_scale: float, schedule: str = "constant", power: float = 1.0, interval: int = -1
-) -> list[float]:
-    """Per-token guidance scales s_t, t = 0..seq_len-1 (formulas in the module docstring).
-
-    Args:
-        seq_len: L, number of image tokens. cfg_scale: s >= 0. schedule: constant | linear | cosine.
-        power: p > 0 of the cosine schedule. interval: N >= 0 keeps guidance for tokens 0..N+1, -1 always.
-
-    Returns:
-        A list of L floats; 1.0 means "conditional logits only".
-
-    Raises:
-        ValueError: invalid scale, schedule, power or interval (names the value).
-    """
-    if not math.isfinite(cfg_scale) or cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"cfg_schedule {schedule!r}: expected one of {', '.join(SCHEDULES)}")
-    if not math.isfinite(power) or power <= 0:
-        raise ValueError(f"cfg_power must be > 0, got {power}")
-    if not isinstance(interval, int) or interval < -1:
-        raise ValueError(f"cfg_interval must be an int >= -1 (-1 = always), got {interval!r}")
-    scales = []
-    for t in range(seq_len):
-        frac = t / seq_len
-        if schedule == "constant":
-            s = cfg_scale
-        elif schedule == "linear":
-            s = 1.0 + (cfg_scale - 1.0) * frac
-        else:
-            s = 1.0 + (cfg_scale - 1.0) * (1.0 - math.cos(math.pi * frac**power)) / 2.0
-        if interval >= 0 and t > interval + 1:
-            s = 1.0
-        scales.append(float(s))
-    return scales
-
-
 def guide(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
     """Classifier-free guidance on raw logits: uncond + scale * (cond - uncond); `cond` itself when scale == 1."""
     return cond if scale == 1.0 else uncond + scale * (cond - uncond)

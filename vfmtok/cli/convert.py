@@ -10,9 +10,9 @@ from vfmtok.cli.common import fail
 
 
 def command(
-    source: Annotated[str, typer.Argument(help="The authors' GPT-*.pt or vfmtok-tokenizer.pt: a local file, "
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="The authors' GPT-*.pt or vfmtok-tokenizer.pt: a local file, "
                                                "hf://OWNER/REPO/PATH[@REV] or authors/NAME (e.g. authors/GPT-B).")],
-    out: Annotated[Path, typer.Argument(help="Output run folder (model.safetensors or tokenizer.safetensors, "
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output run folder (model.safetensors or tokenizer.safetensors, "
                                              "config.json, README.md).")],
     kind: Annotated[str, typer.Option("--kind", help="auto (from the file name, else its keys), gpt or tokenizer.")
                     ] = "auto",

@@ -10,7 +10,7 @@ from vfmtok.cli.common import fail
 
 
 def command(
-    out: Annotated[Path, typer.Argument(help="Output folder; receives train/<wnid>/*.JPEG and val/<wnid>/*.JPEG.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder; receives train/<wnid>/*.JPEG and val/<wnid>/*.JPEG.")],
     train_per_class: Annotated[int, typer.Option("--train-per-class", help="Train images per class.")] = 32,
     val_per_class: Annotated[int, typer.Option("--val-per-class", help="Val images per class.")] = 8,
     size: Annotated[int, typer.Option("--size", help="Short side of every image in pixels.")] = 128,

@@ -7,11 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from vfmtok.cli.common import DeviceOpt, MixedPrecision, PrecisionOpt, SeedOpt, fail, warnings_as_lines
+from vfmtok.cli.common import DeviceOpt, MixedPrecision, ProgressOpt, fail, precision_option, warnings_as_lines
+
+PrecisionOpt = precision_option(
+    "Applies to the Inception network of SAMPLES mode; default no: fp32 like the ADM TensorFlow evaluator "
+    "(bf16/fp16 are faster on CUDA but shift the numbers).")
 
 
 def command(
     samples: Annotated[Optional[Path], typer.Argument(
+        metavar="SAMPLES",
         help="Sample batch npz (arr_0 uint8 N x H x W x 3), or a folder (a GPT run, a sample folder): its newest "
              "samples.npz is used (printed).")] = None,
     ref: Annotated[Optional[Path], typer.Option("--ref", help="Reference batch npz, e.g. VIRTUAL_imagenet256_labeled.npz.")] = None,
@@ -39,8 +44,7 @@ def command(
         "--encoder-weights", help="Tokenizer mode: frozen-encoder weights (dinov2_vitl14_reg4_pretrain.pth) for a "
                                   "tokenizer file without them, e.g. the authors' vfmtok-tokenizer.pt.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the reference statistics cache.")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
-    seed: SeedOpt = 0,
+    progress: ProgressOpt = True,
     device: DeviceOpt = "auto",
     mixed_precision: PrecisionOpt = MixedPrecision.no,
 ) -> None:
@@ -48,8 +52,8 @@ def command(
 
     Prints N and resolution of both files, then the evaluator's five lines (Inception Score, FID, sFID,
     Precision, Recall). Inception runs in fp32 by default (--mixed-precision bf16/fp16 is faster on CUDA but
-    shifts the numbers). The metrics are deterministic; --seed is accepted for CLI uniformity and unused
-    (the IS shuffle uses --is-shuffle-seed). See docs/evaluate.md.
+    shifts the numbers). The metrics are deterministic (the IS shuffle uses --is-shuffle-seed). See
+    docs/evaluate.md.
     """
     if tokenizer is not None or data is not None:
         if tokenizer is None or data is None or samples is not None or ref is not None:

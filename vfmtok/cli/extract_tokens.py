@@ -9,7 +9,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from vfmtok.cli.common import DeviceOpt, MixedPrecision, PrecisionOpt, SeedOpt, fail
+from vfmtok.cli.common import (DEFAULT_NUM_WORKERS, DeviceOpt, MixedPrecision, NumWorkersOpt, ProgressOpt, clamp_workers,
+                               fail, precision_option)
+
+PrecisionOpt = precision_option(
+    "Applies to the tokenizer's encoder; deformable attention, the pre-quantization projection and the codebook "
+    "distances stay fp32; CPU runs fp32. docs/precision.md")
 
 
 class Aug(str, Enum):
@@ -35,9 +40,9 @@ def _tokenizer_info(path: Path, encoder_weights: Optional[Path]) -> dict:
 
 
 def command(
-    data: Annotated[Path, typer.Argument(help="Prepared data (vfmtok prepare-data output) or a folder of images "
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Prepared data (vfmtok prepare-data output) or a folder of images "
                                               "(class folders, or an ImageNet root with --split).")],
-    out: Annotated[Path, typer.Argument(help="Token store directory (created; an unfinished store with the same "
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Token store directory (created; an unfinished store with the same "
                                              "settings is resumed).")],
     tokenizer: Annotated[Optional[Path], typer.Option(
         "--tokenizer", help="Tokenizer: a train-tokenizer run directory, a .safetensors file (config.json beside "
@@ -53,15 +58,14 @@ def command(
     batch_size: Annotated[int, typer.Option(
         "--batch-size", min=1, help="Images per encoder step (the model sees batch-size x views crops). Keep it "
                                     "fixed when resuming for bit-identical results.")] = 64,
-    num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="Image decoding workers per rank.")] = 4,
+    num_workers: NumWorkersOpt = DEFAULT_NUM_WORKERS,
     split: Annotated[Split, typer.Option("--split", help="Split of an ImageNet root given as DATA.")] = Split.train,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a store in OUT made with another tokenizer or other settings.")] = False,
     encoder_weights: Annotated[Optional[Path], typer.Option(
         "--encoder-weights", help="Frozen encoder weights file (e.g. dinov2_vitl14_reg4_pretrain.pth) when the "
                                   "tokenizer run does not find its own.")] = None,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
-    seed: SeedOpt = 0,
+    progress: ProgressOpt = True,
     device: DeviceOpt = "auto",
     mixed_precision: PrecisionOpt = MixedPrecision.bf16,
 ) -> None:
@@ -72,8 +76,8 @@ def command(
     Under `torchrun --nproc_per_node G vfmtok extract-tokens ...` every rank encodes a disjoint contiguous
     block; the result is the same store a single process writes. A killed run resumes where it stopped
     when started again with the same command; a store made with other settings is refused unless
-    --overwrite. The store feeds `vfmtok train-ar --tokens OUT`. Extraction is deterministic, so --seed
-    has no effect. See docs/token_store.md.
+    --overwrite. The store feeds `vfmtok train-ar --tokens OUT`. Extraction is deterministic.
+    See docs/token_store.md.
     """
     if not data.is_dir():
         fail(f"DATA {data}: not a folder (expected prepared data or a folder of images)")
@@ -117,8 +121,8 @@ def command(
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         fail(f"--tokenizer {tokenizer}: {err}")
     options = ExtractOptions(
-        aug=aug.value, neighbours=neighbours, batch_size=batch_size, num_workers=num_workers, device=device,
-        mixed_precision=mixed_precision.value, overwrite=overwrite, progress=not no_progress,
+        aug=aug.value, neighbours=neighbours, batch_size=batch_size, num_workers=clamp_workers(num_workers), device=device,
+        mixed_precision=mixed_precision.value, overwrite=overwrite, progress=progress,
     )
     try:
         manifest = extract_tokens(source, out, tok, options=options, tokenizer_info=info,

@@ -8,6 +8,7 @@ import typer
 from vfmtok import __version__
 from vfmtok.cli import (convert, demo_data, evaluate, extract_tokens, prepare_data, push, reproduce, sample,
                         train_ar, train_tokenizer)
+from vfmtok.cli.common import Command, Group
 
 app = typer.Typer(
     name="vfmtok",
@@ -19,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts are plain: brackets such as hf://OWNER/REPO[/PATH][@REV] are not markup
+    cls=Group,
 )
 
 _SUBCOMMANDS = [
@@ -34,7 +36,7 @@ _SUBCOMMANDS = [
     ("reproduce", reproduce),
 ]
 for _name, _module in _SUBCOMMANDS:
-    app.command(_name, help=_module.command.__doc__, context_settings={"help_option_names": ["-h", "--help"]})(
+    app.command(_name, cls=Command, help=_module.command.__doc__, context_settings={"help_option_names": ["-h", "--help"]})(
         _module.command
     )
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vfmtok.cli.common import DeviceOpt, MixedPrecision, PrecisionOpt, SeedOpt, fail
+from vfmtok.cli.common import DEFAULT_NUM_WORKERS, NumWorkersOpt, ProgressOpt, clamp_workers, fail
 
 
 class Split(str, Enum):
@@ -31,9 +31,9 @@ def _set_total(bar):
 
 
 def command(
-    src: Annotated[Path, typer.Argument(help="Folder of class folders (any ImageFolder), or an ImageNet root "
+    src: Annotated[Path, typer.Argument(metavar="SRC", help="Folder of class folders (any ImageFolder), or an ImageNet root "
                                              "holding train/ and val/.")],
-    out: Annotated[Path, typer.Argument(help="Output folder (created; a compatible unfinished run is resumed).")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output folder (created; a compatible unfinished run is resumed).")],
     split: Annotated[Split, typer.Option("--split", help="Split to prepare from an ImageNet root.")] = Split.train,
     classes: Annotated[Optional[Path], typer.Option(
         "--classes", help="Existing classes.json (the train split's): use its class index, refuse other classes.")] = None,
@@ -51,7 +51,8 @@ def command(
                                "unchanged JPEG/PNG files are copied verbatim), jpeg or png.")] = StoreFormat.auto,
     jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", help="Quality of re-encoded JPEGs (4:4:4).")] = 95,
     shard_size: Annotated[int, typer.Option("--shard-size", help="Source files per tar shard.")] = 1000,
-    workers: Annotated[int, typer.Option("--workers", help="Decoding processes.")] = 1,
+    num_workers: NumWorkersOpt = DEFAULT_NUM_WORKERS,
+    workers: Annotated[Optional[int], typer.Option("--workers", hidden=True, help="Old name of --num-workers.")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an OUT prepared with other settings (only prepare-data's own files).")] = False,
     strict: Annotated[bool, typer.Option(
@@ -64,10 +65,7 @@ def command(
     shuffle_seed: Annotated[Optional[int], typer.Option(
         "--shuffle-seed", help="Shuffle the --npz batch with this seed (IS splits need mixed classes); "
                                "default: source order.")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    mixed_precision: PrecisionOpt = MixedPrecision.no,
+    progress: ProgressOpt = True,
 ) -> None:
     """Prepare images into resumable tar shards + manifest.json, classes.json, rejected.jsonl (+ ADM npz).
 
@@ -77,9 +75,8 @@ def command(
 
     Every image is decoded to 8-bit sRGB (EXIF rotation, ICC profiles, CMYK, palette, 16-bit scaled,
     alpha composited on white). Undecodable files go to rejected.jsonl with the reason and are skipped.
-    A killed run restarted with the same command finishes with identical output. Runs on CPU:
-    --seed/--device/--mixed-precision are accepted for the common CLI contract and have no effect.
-    See docs/data.md.
+    A killed run restarted with the same command finishes with identical output (whatever
+    --num-workers). Runs on CPU, deterministically. See docs/data.md.
     """
     from vfmtok.data.layouts import LayoutError
     from vfmtok.jobs.prepare import NpzRequest, PrepareError, PrepareSettings, prepare_dataset
@@ -90,6 +87,7 @@ def command(
         fail(f"--npz-size and --npz-count must be >= 1, got {npz_size}, {npz_count}")
     if npz is not None and not npz.parent.is_dir():
         npz.parent.mkdir(parents=True, exist_ok=True)
+    workers = max(1, clamp_workers(workers if workers is not None else num_workers))
     settings = PrepareSettings(split=split.value, min_size=min_size, store_format=store_format.value,
                                jpeg_quality=jpeg_quality, shard_size=shard_size)
     request = NpzRequest(npz, npz_size, npz_count, shuffle_seed) if npz is not None else None

@@ -10,9 +10,9 @@ from vfmtok.cli.common import fail
 
 
 def command(
-    run: Annotated[Path, typer.Argument(help="A train-ar / train-tokenizer run folder, or one made by "
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A train-ar / train-tokenizer run folder, or one made by "
                                              "`vfmtok convert` (config.json + safetensors weights).")],
-    dest: Annotated[str, typer.Argument(help="hf://OWNER/NAME or OWNER/NAME (the Hub), or file://PATH or a path "
+    dest: Annotated[str, typer.Argument(metavar="DEST", help="hf://OWNER/NAME or OWNER/NAME (the Hub), or file://PATH or a path "
                                              "starting with / ./ ../ ~ (a local folder).")],
     private: Annotated[bool, typer.Option("--private", help="Create the Hub repository as private.")] = False,
     revision: Annotated[Optional[str], typer.Option("--revision", help="Branch to commit to (default main).")] = None,

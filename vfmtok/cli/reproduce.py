@@ -8,7 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from vfmtok.cli.common import DeviceOpt, MixedPrecision, PrecisionOpt, SeedOpt, fail
+from vfmtok.cli.common import DeviceOpt, MixedPrecision, ProgressOpt, SeedOpt, fail, precision_option
+
+PrecisionOpt = precision_option(
+    "Applies to sampling (GPT, KV cache, decoder); the evaluation's Inception network always runs fp32.")
 
 
 def _scales(cfg_scale: Optional[float], sweep: Optional[str]) -> list[float] | None:
@@ -24,6 +27,7 @@ def _scales(cfg_scale: Optional[float], sweep: Optional[str]) -> list[float] | N
 
 def command(
     target: Annotated[Optional[str], typer.Argument(
+        metavar="TARGET",
         help="gpt-b, gpt-l, gpt-xl, gpt-xxl, gpt-2b, gpt-3b, rar-l-ultra, rar-l, rar-xl, rar-xxl, tokenizer "
              "(or nothing with --tiny).")] = None,
     cfg_scale: Annotated[Optional[float], typer.Option(
@@ -58,7 +62,7 @@ def command(
     eval_batch_size: Annotated[int, typer.Option("--eval-batch-size", min=1, help="Inception batch.")] = 64,
     fid_method: Annotated[str, typer.Option(
         "--fid-method", help="sqrtm (ADM numerics, default), eig or eigh (same value, much faster on CPU).")] = "sqrtm",
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
+    progress: ProgressOpt = True,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     mixed_precision: PrecisionOpt = MixedPrecision.bf16,

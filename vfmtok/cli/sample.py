@@ -9,7 +9,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from vfmtok.cli.common import DeviceOpt, MixedPrecision, PrecisionOpt, SeedOpt, fail
+from vfmtok.cli.common import DeviceOpt, MixedPrecision, ProgressOpt, SeedOpt, fail, precision_option, warnings_as_lines
+
+PrecisionOpt = precision_option(
+    "Applies to the GPT, its KV cache and the tokenizer's decoder; CPU samples fp32; the effective precision is "
+    "recorded in sample_config.json. docs/sample.md")
 
 
 class Labels(str, Enum):
@@ -58,7 +62,7 @@ def command(
                                   "default the tokenizer is loaded without its encoder (no download, no memory).")
     ] = None,
     classes: Annotated[Optional[list[str]], typer.Option(
-        "--class", help="Class id(s) in [0, num_classes); repeat or comma-separate (--class 88 --class 3,7). "
+        "--class", metavar="ID", help="Class id(s) in [0, num_classes); repeat or comma-separate (--class 88 --class 3,7). "
                         "Sample i gets the (i mod m)-th of the m ids given.")] = None,
     labels: Annotated[Optional[Labels], typer.Option(
         "--labels", help="Without --class: random (default; label_i = floor(C * BLAKE2b64('vfmtok-label:{seed}:{i}') "
@@ -101,7 +105,7 @@ def command(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a DIR made with other settings (removes only images/, parts/, samples.npz, "
                             "grid.png, sample_config.json).")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    progress: ProgressOpt = True,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     mixed_precision: PrecisionOpt = MixedPrecision.bf16,
@@ -118,9 +122,7 @@ def command(
     in fp32 (the effective precision is recorded in sample_config.json).
     Formulas and details: docs/sample.md.
     """
-    from vfmtok.jobs.sample.job import run_sample
-    from vfmtok.jobs.sample.options import SampleOptions
-    from vfmtok.jobs.sample.output import SampleDirError
+    from vfmtok.jobs.sample.options import SampleOptions  # torch-free: bad options are refused before torch loads
 
     try:
         class_ids = parse_classes(classes)
@@ -136,13 +138,21 @@ def command(
         overwrite=overwrite, seed=seed, device=device, mixed_precision=getattr(mixed_precision, "value", mixed_precision),
         progress=progress,
     )
+    try:
+        opts.validate()
+    except ValueError as err:
+        fail(str(err))
     from vfmtok.io.hub import is_hub_ref
 
     if encoder_weights is not None and not is_hub_ref(encoder_weights) and not encoder_weights.is_file():
         fail(f"--encoder-weights {encoder_weights}: file not found")
+    from vfmtok.jobs.sample.job import run_sample
+    from vfmtok.jobs.sample.output import SampleDirError
+
     try:
-        run_sample(ckpt, tokenizer, out, opts, encoder_weights=encoder_weights,
-                   command=shlex.join(["vfmtok", *sys.argv[1:]]))
+        with warnings_as_lines():  # an unfinished run, near-identical samples: one `warning:` line each
+            run_sample(ckpt, tokenizer, out, opts, encoder_weights=encoder_weights,
+                       command=shlex.join(["vfmtok", *sys.argv[1:]]))
     except SampleDirError as err:
         fail(str(err))
     except (FileNotFoundError, ValueError) as err:

@@ -8,8 +8,13 @@ from typing import Annotated, Optional
 import typer
 
 from vfmtok.cli.common import (
-    DeviceOpt, MixedPrecision, NoProgressOpt, PrecisionOpt, PrintEveryOpt, SeedOpt, fail,
+    DEFAULT_NUM_WORKERS, DeviceOpt, MixedPrecision, NumWorkersOpt, PrintEveryOpt, ProgressOpt, SeedOpt, clamp_workers,
+    fail, precision_option,
 )
+
+PrecisionOpt = precision_option(
+    "Applies to the GPT (fp16 adds loss scaling); the residual stream, the loss logits, master weights, AdamW "
+    "state and EMA stay fp32; CPU runs fp32. docs/precision.md")
 
 
 def _command_line(ctx: typer.Context) -> str:
@@ -53,7 +58,7 @@ def command(
         "--weight-decay", help="AdamW weight decay on >= 2-D parameters (norms: none). Default: GPT 0.05, "
                                "RAR 0.03.")] = None,
     betas: Annotated[Optional[tuple[float, float]], typer.Option(
-        "--betas", help="AdamW betas. Default: GPT 0.9 0.95, RAR 0.9 0.96.")] = None,
+        "--betas", metavar="BETA1 BETA2", help="AdamW betas. Default: GPT 0.9 0.95, RAR 0.9 0.96.")] = None,
     lr_schedule: Annotated[Optional[str], typer.Option(
         "--lr-schedule", help="constant (GPT default) or cosine (RAR default: warm-up, then cosine to --end-lr).")] = None,
     warmup_steps: Annotated[Optional[int], typer.Option(
@@ -63,7 +68,7 @@ def command(
         "--views", help="per-epoch (one stored view per image and epoch; GPT default) or all-neighbours (nearest and "
                         "second-nearest sequences of an image in the same step; RAR default).")] = None,
     rar_anneal: Annotated[Optional[tuple[int, int]], typer.Option(
-        "--rar-anneal", help="RAR: random orders with probability 1 until step START, linearly down to 0 at END "
+        "--rar-anneal", metavar="START END", help="RAR: random orders with probability 1 until step START, linearly down to 0 at END "
                              "(optimizer steps). Default: 50 % and 75 % of the run.")] = None,
     grad_clip: Annotated[float, typer.Option("--grad-clip", help="Max global grad norm (0 = no clipping).")] = 1.0,
     ema_decay: Annotated[Optional[float], typer.Option(
@@ -79,7 +84,7 @@ def command(
     keep_last: Annotated[int, typer.Option("--keep-last", help="Checkpoints kept.")] = 3,
     log_every: Annotated[int, typer.Option("--log-every", help="metrics.jsonl period in steps.")] = 10,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
-    num_workers: Annotated[int, typer.Option("--num-workers", help="Data loader workers per process.")] = 2,
+    num_workers: NumWorkersOpt = DEFAULT_NUM_WORKERS,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the GPT (off by default).")] = False,
     grad_checkpointing: Annotated[bool, typer.Option(
         "--grad-checkpointing", help="Recompute transformer blocks in the backward pass (less memory).")] = False,
@@ -96,7 +101,7 @@ def command(
     peak_tflops: Annotated[Optional[float], typer.Option(
         "--peak-tflops", help="Device peak TFLOP/s per process for the MFU estimate (default: built-in GPU table).")] = None,
     print_every: PrintEveryOpt = 100,
-    no_progress: NoProgressOpt = False,
+    progress: ProgressOpt = True,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     mixed_precision: PrecisionOpt = MixedPrecision.bf16,
@@ -122,10 +127,10 @@ def command(
         grad_accum=grad_accum, lr=lr, weight_decay=weight_decay, betas=None if betas is None else tuple(betas),
         grad_clip=grad_clip, ema_decay=ema_decay, lr_schedule=lr_schedule, warmup_steps=warmup_steps, end_lr=end_lr,
         views=views, rar_anneal=None if rar_anneal is None else tuple(rar_anneal), val_fraction=val_fraction, val_count=val_count, val_every=val_every,
-        save_every=save_every, keep_last=keep_last, log_every=log_every, resume=resume, num_workers=num_workers,
+        save_every=save_every, keep_last=keep_last, log_every=log_every, resume=resume, num_workers=clamp_workers(num_workers),
         compile=compile_, grad_checkpointing=grad_checkpointing, fsdp=fsdp, class_dropout=class_dropout, dropout=dropout,
         skip_nonfinite=skip_nonfinite, seed=seed, device=device, mixed_precision=mixed_precision.value,
-        init_from=init_from, peak_tflops=peak_tflops, progress=not no_progress, print_every=print_every,
+        init_from=init_from, peak_tflops=peak_tflops, progress=progress, print_every=print_every,
         command=_command_line(ctx),
     )
     try:

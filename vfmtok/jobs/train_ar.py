@@ -54,6 +54,8 @@ TIME_DEPENDENT_KEYS = ("images_per_s", "sec_per_step", "time", "tokens_per_s", "
 DEFAULT_BATCH_SIZE = gen.GPT_RECIPE.batch_size  # the paper's global batch (RAR: gen.RAR_RECIPE.batch_size images)
 LONG_RUN_HOURS = 3.0  # warn when the measured speed puts the run above this
 ETA_CHECK_STEPS = 10  # steps timed before the run-length check
+CPU_TFLOPS_BOUND = 0.1  # generous CPU training throughput (measured: GPT-B 0.085, GPT-tiny 0.024 TFLOP/s on 2 cores)
+CPU_DEFAULT_RUN_MINUTES = 5.0  # a CPU run of default length estimated above this (at the bound) is refused
 PAPER_EPOCHS = {**gen.GPT_RECIPE.epochs, **gen.RAR_RECIPE.epochs}
 
 # Dense (no sparsity) bf16 tensor-core peaks in FLOP/s per GPU, from the vendors' datasheets. Matched in order
@@ -256,6 +258,27 @@ def _json(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def refuse_long_default_run(model: str, num_params: int, tokens_per_step: int, total_steps: int) -> None:
+    """Refuse a CPU run whose model and length were left at the paper's defaults (a GPU recipe) when it needs more
+    than CPU_DEFAULT_RUN_MINUTES, so that a first try on a laptop answers at once with the fix instead of training
+    GPT-B for the paper's 300 epochs.
+
+    Training cost is estimated as 6 x parameters x tokens per step x steps FLOPs (forward + backward of a dense
+    transformer) at CPU_TFLOPS_BOUND, an upper bound of what CPUs reach here (benchmarks/README.md), so the
+    estimate is optimistic. Giving --steps or --epochs runs any length (the >3 h warning still applies).
+
+    Raises:
+        ValueError: one line with the estimate and the fix (a smaller --model and --steps).
+    """
+    minutes = 6.0 * num_params * tokens_per_step * total_steps / (CPU_TFLOPS_BOUND * 1e12) / 60
+    if minutes > CPU_DEFAULT_RUN_MINUTES:
+        took = f"{minutes / 60:.1f} h" if minutes >= 90 else f"{minutes:.0f} min"
+        raise ValueError(
+            f"the default run ({model}, the paper's epochs: {total_steps} steps of {tokens_per_step} tokens) needs at "
+            f"least {took} on this CPU; for a first run add `--model GPT-tiny --steps 200` (or give --steps / "
+            "--epochs to run this length anyway, or use a GPU)")
+
+
 def _default_out() -> Path:
     return Path("runs") / f"ar-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
 
@@ -435,6 +458,9 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
     if cfg.init_from is not None:
         check_model_matches_store(model.config, info, f"--init-from {cfg.init_from}")
     check_model_matches_store(model.config, info, f"model {cfg.model}")
+    if cfg.steps is None and cfg.epochs is None and not cfg.resume and accelerator.device.type == "cpu":
+        refuse_long_default_run(cfg.model, sum(p.numel() for p in model.parameters()),
+                                cfg.batch_size * info.num_tokens, total_steps)
     model.activation_checkpointing = cfg.grad_checkpointing
     model_config = dataclasses.asdict(model.config)
     config_key = gen.config_key(kind)

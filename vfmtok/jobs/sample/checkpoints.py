@@ -50,6 +50,24 @@ def find_latest_gpt_run(root: str | Path = "runs", max_depth: int = 3) -> Path:
     return run
 
 
+def unfinished_run_message(run: Path, run_config: dict[str, Any] | None) -> str | None:
+    """A one-line warning when the GPT run stopped before its planned length, else None.
+
+    Reads the run's config.json: `step` (steps done), `interrupted` and `train.total_steps` (planned). The
+    authors' files (no run config) and configs without these keys give None.
+    """
+    if not run_config or "step" not in run_config:
+        return None
+    step, planned = run_config.get("step"), (run_config.get("train") or {}).get("total_steps")
+    interrupted = bool(run_config.get("interrupted"))
+    if not interrupted and (planned is None or step >= planned):
+        return None
+    of = f" of {planned} planned" if planned is not None else ""
+    return (f"GPT run {run} is unfinished: {step} steps done{of}{' (interrupted)' if interrupted else ''}; its samples "
+            f"show an early model (continue it with the train-ar command in its config.json plus --resume, or pass "
+            "--ckpt)")
+
+
 def _gpt_run_config(gpt: Path) -> dict[str, Any] | None:
     cfg_file = gpt / "config.json" if gpt.is_dir() else gpt.parent / "config.json"
     if gpt.is_file() and gpt.suffix != ".safetensors":

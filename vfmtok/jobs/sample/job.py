@@ -30,8 +30,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shlex
 import sys
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -43,10 +45,11 @@ import torch
 from vfmtok.distributed import barrier, broadcast, init_from_env
 from vfmtok.io.files import read_json_dict
 from vfmtok.io.hashing import sha256_file
-from vfmtok.jobs.sample.checkpoints import check_compatible, resolve_checkpoints, verify_tokenizer_sha
+from vfmtok.jobs.sample.checkpoints import (check_compatible, resolve_checkpoints, unfinished_run_message,
+                                           verify_tokenizer_sha)
 from vfmtok.jobs.sample.options import SampleOptions
-from vfmtok.jobs.sample.output import (CONFIG_NAME, GRID_NAME, NPZ_NAME, SAMPLES_FORMAT, SampleDirError, assemble,
-                                      commit_chunk, prepare_dir)
+from vfmtok.jobs.sample.output import (CONFIG_NAME, GRID_NAME, NEAR_IDENTICAL_SPREAD, NPZ_NAME, SAMPLES_FORMAT,
+                                      SampleDirError, assemble, commit_chunk, prepare_dir)
 from vfmtok.jobs.sample.plan import chunk_range, make_labels, split_chunks
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +119,9 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
     ck = resolve_checkpoints(ckpt, tokenizer, runs_root)
     if ck.chosen_automatically:
         say(f"using the newest GPT run under {runs_root}/: {ck.gpt}")
+    unfinished = unfinished_run_message(ck.gpt, ck.run_config)
+    if unfinished is not None and rank == 0:
+        warnings.warn(unfinished, stacklevel=2)
     gpt = load_gpt(ck.gpt)
     labels = make_labels(opts.num_samples, gpt.config.num_classes, opts.classes, opts.labels, opts.seed)
     if encoder_weights is None:  # decoding never reads the frozen encoder: do not build it (304 M params for DINOv2-L)
@@ -182,6 +188,8 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
         raise SampleDirError(status[1].split(": ", 1)[1])
     if status[0] == "complete":
         say(f"{out} already holds these {n} samples (same settings); nothing to do (--overwrite to redo)")
+        for line in next_steps(out):
+            say(line)
         return read_json_dict(out / CONFIG_NAME) or record
     todo = status[1]
     if rank == 0 and len(todo) < num_chunks:
@@ -192,9 +200,26 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
     barrier(world)
     if rank == 0:
         record = assemble(out, labels, num_chunks, opts, record, started)
-        say(f"wrote {out / NPZ_NAME} ({n} images {opts.image_size}x{opts.image_size}), {out / GRID_NAME}"
-            + (f", {out / 'images'}/" if opts.png else ""))
+        spread = record.get("pixel_spread")
+        if spread is not None and spread < NEAR_IDENTICAL_SPREAD:
+            warnings.warn(f"the {n} samples are near-identical (pixel spread across samples {spread:.3g} uint8 levels "
+                          f"< {NEAR_IDENTICAL_SPREAD:g}): the tokenizer's decoder may ignore its codes, or the GPT "
+                          f"collapsed; check {out / GRID_NAME}", stacklevel=2)
+        say(f"wrote {n} images {opts.image_size}x{opts.image_size}" + (f" ({out / 'images'}/*.png)" if opts.png else ""))
+        for line in next_steps(out):
+            say(line)
     return record
+
+
+def next_steps(out: Path) -> list[str]:
+    """The lines `vfmtok sample` ends with: the output folder, samples.npz, grid.png and the evaluate command.
+
+    `out` is printed as given (relative to the working directory when it was), so the command can be pasted.
+    """
+    npz = out / NPZ_NAME
+    return [f"output folder: {out}", f"  samples: {npz}", f"  grid:    {out / GRID_NAME}",
+            f"next: vfmtok evaluate {shlex.quote(str(npz))} --ref REF.npz   (REF.npz: e.g. VIRTUAL_imagenet256_labeled.npz, "
+            "or `vfmtok prepare-data VAL OUT --npz REF.npz`)"]
 
 
 def _sample_chunks(gpt, tok, labels: np.ndarray, chunks: list[int], out: Path, opts: SampleOptions,

@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass
 
 from vfmtok.jobs.sample.plan import LABEL_MODES
-from vfmtok.sampling import SCHEDULES, cfg_scales
+from vfmtok.guidance import SCHEDULES, cfg_scales
 
 
 @dataclass

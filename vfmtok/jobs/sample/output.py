@@ -21,6 +21,7 @@ from vfmtok.jobs.sample.plan import chunk_range, grid_rows
 CONFIG_NAME = "sample_config.json"
 NPZ_NAME = "samples.npz"
 GRID_NAME = "grid.png"
+NEAR_IDENTICAL_SPREAD = 2.0  # uint8 levels: samples whose pixel spread is below this are flagged as near-identical
 SAMPLES_FORMAT = "vfmtok.samples"
 _OUR_ENTRIES = ("images", "parts", NPZ_NAME, GRID_NAME, CONFIG_NAME)
 
@@ -131,6 +132,7 @@ def assemble(out: Path, labels: np.ndarray, num_chunks: int, opts: SampleOptions
     rows = grid_rows(labels)
     wanted = {i for row in rows for i in row}
     tiles: dict[int, np.ndarray] = {}
+    spread = PixelSpread()
     with NpzWriter(out / NPZ_NAME, count=n, height=size, width=size) as writer:
         for k in range(num_chunks):
             span = chunk_range(k, n, d)
@@ -142,6 +144,7 @@ def assemble(out: Path, labels: np.ndarray, num_chunks: int, opts: SampleOptions
                 raise RuntimeError(f"{shard}: expected uint8 {(len(span), size, size, 3)}, got {pixels.dtype} "
                                    f"{pixels.shape}; rerun with --overwrite")
             writer.write(pixels, labels[span.start : span.stop])
+            spread.add(pixels)
             for j, i in enumerate(span):
                 if i in wanted:
                     tiles[i] = np.array(pixels[j])
@@ -155,8 +158,39 @@ def assemble(out: Path, labels: np.ndarray, num_chunks: int, opts: SampleOptions
     counts = np.bincount(labels, minlength=record["num_classes"])
     record = {**record, "complete": True, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)),
               "seconds": round(finished - started, 3), "images_per_second": round(n / max(finished - started, 1e-9), 3),
-              "classes_used": int((counts > 0).sum()), "grid_rows": rows,
+              "classes_used": int((counts > 0).sum()), "grid_rows": rows, "pixel_spread": spread.value(),
               "outputs": {"npz": NPZ_NAME, "grid": GRID_NAME, "images": "images/" if opts.png else None}}
     write_json_atomic(out / CONFIG_NAME, record, indent=1)
     shutil.rmtree(out / "parts", ignore_errors=True)
     return record
+
+
+class PixelSpread:
+    """How much the samples differ: the mean over pixel positions and channels of the standard deviation across
+    samples, in uint8 levels (0 = all samples identical; independent uniform noise: about 73.9).
+
+    Accumulated chunk by chunk in float64 (sum and sum of squares per position), so the npz never sits in memory.
+    `value()` is None for fewer than two samples. Below `NEAR_IDENTICAL_SPREAD` (2 levels) the samples are
+    near-identical whatever the codes: a decoder that ignores its input, or a collapsed GPT.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: np.ndarray | None = None
+        self.squares: np.ndarray | None = None
+
+    def add(self, pixels: np.ndarray) -> None:
+        """pixels: uint8 (n, H, W, 3), any n >= 0."""
+        x = np.asarray(pixels, dtype=np.float64)
+        if self.total is None:
+            self.total, self.squares = np.zeros(x.shape[1:]), np.zeros(x.shape[1:])
+        self.total += x.sum(axis=0)
+        self.squares += np.square(x).sum(axis=0)
+        self.count += len(x)
+
+    def value(self) -> float | None:
+        if self.count < 2:
+            return None
+        mean = self.total / self.count
+        var = np.maximum(self.squares / self.count - np.square(mean), 0.0)
+        return round(float(np.sqrt(var).mean()), 4)
