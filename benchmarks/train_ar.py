@@ -3,7 +3,7 @@
 Builds a synthetic token store (random codes, 16x16 grid, 16384-entry codebook, 1000 classes) in a temporary
 directory, runs `vfmtok.jobs.train_ar.train_ar` for 2 x `--steps` optimizer steps and reports the second window
 (the first one holds the warm-up: allocator, compilation) from metrics.jsonl. FLOPs/token come from `GPT.flops_per_token()`
-(6N + attention, PaLM convention); MFU = achieved / peak, with the peak from `PEAK_BF16_FLOPS` on CUDA or
+(6N + attention, PaLM convention); MFU = achieved / peak, with the peak from `vfmtok.engine.mfu.PEAK_BF16_FLOPS` on CUDA or
 `--peak-tflops` (CPU has no default peak: MFU is printed as n/a).
 
     python benchmarks/train_ar.py                                    # CPU: GPT-tiny and GPT-B, fp32
@@ -26,7 +26,8 @@ import torch
 
 from vfmtok.data.token_store import format as tsf
 from vfmtok.data.token_store import writer as tsw
-from vfmtok.jobs.train_ar import TrainARConfig, train_ar
+from vfmtok.jobs.train_ar import train_ar
+from vfmtok.jobs.train_ar_config import TrainARConfig
 
 
 def synthetic_store(out: Path, num_images: int, grid: int = 16, vocab: int = 16384, classes: int = 1000,

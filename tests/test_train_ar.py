@@ -22,9 +22,8 @@ from vfmtok.data.token_store import writer as tsw
 from vfmtok.data.token_store.reader import TokenStoreError
 from vfmtok.engine.checkpoint import latest_checkpoint, read_checkpoint
 from vfmtok.engine.metrics_log import read_metrics
-from vfmtok.jobs.train_ar import (
-    TIME_DEPENDENT_KEYS, TrainARConfig, split_indices, train_ar,
-)
+from vfmtok.jobs.train_ar import TIME_DEPENDENT_KEYS, split_indices, train_ar
+from vfmtok.jobs.train_ar_config import TrainARConfig
 from vfmtok.models.gpt import GPT
 from vfmtok.models.gpt_io import create_gpt, save_gpt
 

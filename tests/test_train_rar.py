@@ -21,7 +21,8 @@ from vfmtok.data.token_store import writer as tsw
 from vfmtok.data.token_store.reader import TokenDataset
 from vfmtok.engine.checkpoint import latest_checkpoint, read_checkpoint
 from vfmtok.engine.metrics_log import read_metrics
-from vfmtok.jobs.train_ar import TIME_DEPENDENT_KEYS, TrainARConfig, split_indices, train_ar
+from vfmtok.jobs.train_ar import TIME_DEPENDENT_KEYS, split_indices, train_ar
+from vfmtok.jobs.train_ar_config import TrainARConfig
 from vfmtok.models.gpt_io import create_gpt, save_gpt
 from vfmtok.models.rar import RAR
 from vfmtok.models.rar_io import create_rar, save_rar

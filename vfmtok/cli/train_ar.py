@@ -120,7 +120,9 @@ def command(
     if init_from is not None and not init_from.exists():
         fail(f"--init-from {init_from}: not found")
     from vfmtok.engine.trainer import NonFiniteLossError
-    from vfmtok.jobs.train_ar import TokenStoreError, TrainARConfig, train_ar
+    from vfmtok.data.token_store.reader import TokenStoreError
+    from vfmtok.jobs.train_ar import train_ar
+    from vfmtok.jobs.train_ar_config import TrainARConfig
 
     cfg = TrainARConfig(
         tokens=tokens, out=out, model=model, steps=steps, epochs=epochs, batch_size=batch_size,
