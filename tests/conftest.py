@@ -37,3 +37,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_gt_stats_cache(tmp_path_factory):
+    """`evaluate --tokenizer` caches ground-truth statistics; tests use a private folder, not ~/.cache."""
+    old = os.environ.get("VFMTOK_GT_STATS_CACHE")
+    os.environ["VFMTOK_GT_STATS_CACHE"] = str(tmp_path_factory.mktemp("gt_stats_cache"))
+    yield
+    if old is None:
+        os.environ.pop("VFMTOK_GT_STATS_CACHE", None)
+    else:
+        os.environ["VFMTOK_GT_STATS_CACHE"] = old

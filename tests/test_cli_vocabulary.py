@@ -58,7 +58,7 @@ def test_shared_options_have_one_spelling_and_default():
                 default = getattr(p.default, "value", p.default)
                 seen.setdefault(pname, {})[name] = (tuple(p.opts), tuple(p.secondary_opts), default)
     # every command with a data loader, a bar or a precision has the option, under the same name
-    assert set(seen["num_workers"]) == {"prepare-data", "train-tokenizer", "extract-tokens", "train-ar"}
+    assert set(seen["num_workers"]) == {"prepare-data", "train-tokenizer", "extract-tokens", "train-ar", "evaluate"}
     assert set(seen["progress"]) == {"prepare-data", "train-tokenizer", "extract-tokens", "train-ar", "sample",
                                      "evaluate", "reproduce"}
     for pname, by_command in seen.items():

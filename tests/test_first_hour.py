@@ -29,7 +29,7 @@ def _vfmtok(line: str):
     return result.exit_code, result.output
 
 
-def test_design_examples_as_typed(tmp_path, monkeypatch):
+def test_design_examples_as_typed(tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)
     torch.save(random_inception_state_dict(0), tmp_path / "inception.pth")
     monkeypatch.setenv("VFMTOK_INCEPTION_WEIGHTS", str(tmp_path / "inception.pth"))  # the documented lookup

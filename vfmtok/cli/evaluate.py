@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from vfmtok.cli.common import DeviceOpt, MixedPrecision, ProgressOpt, fail, precision_option, warnings_as_lines
+from vfmtok.cli.common import (DEFAULT_NUM_WORKERS, DeviceOpt, MixedPrecision, NumWorkersOpt, ProgressOpt, clamp_workers,
+                               fail, precision_option, warnings_as_lines)
 
 PrecisionOpt = precision_option(
     "Applies to the Inception network of SAMPLES mode; default no: fp32 like the ADM TensorFlow evaluator "
@@ -43,7 +44,10 @@ def command(
     encoder_weights: Annotated[Optional[Path], typer.Option(
         "--encoder-weights", help="Tokenizer mode: frozen-encoder weights (dinov2_vitl14_reg4_pretrain.pth) for a "
                                   "tokenizer file without them, e.g. the authors' vfmtok-tokenizer.pt.")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the reference statistics cache.")] = False,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Do not read or write the cached statistics of --ref (samples mode) or of the ground "
+                           "truth of --data (tokenizer mode).")] = False,
+    num_workers: NumWorkersOpt = DEFAULT_NUM_WORKERS,
     progress: ProgressOpt = True,
     device: DeviceOpt = "auto",
     mixed_precision: PrecisionOpt = MixedPrecision.no,
@@ -59,7 +63,8 @@ def command(
         if tokenizer is None or data is None or samples is not None or ref is not None:
             fail("tokenizer mode takes exactly --tokenizer RUN --data DATA (no SAMPLES.npz / --ref)")
         _tokenizer_mode(tokenizer, data, inception_weights, json_out, batch_size, limit, device,
-                        None if no_is_shuffle else is_shuffle_seed, fid_method, encoder_weights, progress)
+                        None if no_is_shuffle else is_shuffle_seed, fid_method, encoder_weights, progress,
+                        clamp_workers(num_workers), not no_cache)
         return
     if samples is None or ref is None:
         fail("usage: vfmtok evaluate SAMPLES.npz --ref REF.npz, or vfmtok evaluate --tokenizer RUN --data DATA")
@@ -119,7 +124,8 @@ def _resolve_samples(samples: Path) -> Path:
 
 def _tokenizer_mode(tokenizer: Path, data: Path, inception_weights: Optional[Path], json_out: Optional[Path],
                     batch_size: int, limit: Optional[int], device: str, is_shuffle_seed: Optional[int],
-                    fid_method: str, encoder_weights: Optional[Path] = None, progress: bool = True) -> None:
+                    fid_method: str, encoder_weights: Optional[Path] = None, progress: bool = True,
+                    num_workers: int = 0, use_cache: bool = True) -> None:
     """`--tokenizer RUN --data DATA`: rFID, rIS, PSNR, SSIM, codebook usage (see docs/evaluate.md)."""
     from vfmtok.jobs.evaluate_tokenizer import evaluate_tokenizer
     from vfmtok.metrics.weights import InceptionWeightsError, InceptionWeightsNotFound
@@ -130,13 +136,15 @@ def _tokenizer_mode(tokenizer: Path, data: Path, inception_weights: Optional[Pat
                                         batch_size=batch_size, limit=limit, device=device,
                                         is_shuffle_seed=is_shuffle_seed, fid_method=fid_method,
                                         encoder_weights=None if encoder_weights is None else str(encoder_weights),
-                                        progress=progress)
+                                        progress=progress, num_workers=num_workers, use_cache=use_cache)
     except (FileNotFoundError, InceptionWeightsNotFound, InceptionWeightsError, ValueError) as err:
         fail(str(err))
     typer.echo(f"tokenizer: {tokenizer}  image size {result['image_size']}  codebook {result['codebook_size']}")
     typer.echo(f"data: {data}  N={result['count']}  (both sides resized to {result['eval_size']})")
     w = result["inception_weights"]
     typer.echo(f"inception weights: {w['path']} sha256={w['sha256']} origin={w['origin']}")
+    gt = result["gt_statistics"]
+    typer.echo(f"ground-truth statistics: {gt['source']}" + (f" ({gt['cache_path']})" if gt["cache_path"] else ""))
     typer.echo(f"rFID: {result['rfid']}")
     typer.echo(f"rIS: {result['ris'] if result['ris'] is not None else result.get('ris_status')}")
     typer.echo(f"PSNR: {result['psnr']}")
