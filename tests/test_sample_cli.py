@@ -307,3 +307,25 @@ def test_tokenizer_sha_check_accepts_file_sha_or_the_token_store_fingerprint(tmp
     assert sck.verify_tokenizer_sha({"tokenizer_sha256": "w" * 64, "token_store": str(store)}, "f" * 64, src) is True
     with pytest.raises(ValueError, match="not the one this GPT was trained with"):  # fingerprint of another file
         sck.verify_tokenizer_sha({"tokenizer_sha256": "w" * 64, "token_store": str(store)}, "e" * 64, src)
+
+
+def test_class_names_in_errors_and_grid_row_labels(tmp_path):
+    from PIL import Image
+
+    from vfmtok.data.class_names import class_label, describe_class, imagenet_name
+    from vfmtok.jobs.sample.output import render_grid
+
+    assert imagenet_name("n01440764") == "tench" and imagenet_name("n00000000") is None  # timm's WordNet table
+    assert describe_class(0, ["n01440764", "cup"]) == "0 (n01440764 tench)"
+    assert describe_class(1, ["n01440764", "cup"]) == "1 (cup)" and describe_class(5, None) == "5"
+    assert class_label(0, ["n01440764"]) == "tench" and class_label(0, ["cup"]) == "cup"
+    with pytest.raises(ValueError, match=r"--class 12 out of range.*its classes: 0 \(n01440764 tench\), 1 \(cup\)"):
+        splan.make_labels(4, 2, classes=[12], class_names=["n01440764", "cup"])
+    tiles = [[np.full((8, 8, 3), 50, np.uint8)] * 2, [np.full((8, 8, 3), 200, np.uint8)]]
+    plain = render_grid(tiles)
+    labelled = render_grid(tiles, row_labels=["tench", "cup"], label_width=40)
+    assert labelled.shape == (plain.shape[0], plain.shape[1] + 40, 3)
+    np.testing.assert_array_equal(labelled[:, 40:], plain)  # tiles unchanged, shifted right
+    margin = labelled[:, :40]
+    assert (margin < 128).any() and (margin[: 2 + 8] < 128).any() and (margin[2 + 8 + 2 :] < 128).any()  # text per row
+    Image.fromarray(labelled).save(tmp_path / "grid.png")

@@ -122,6 +122,7 @@ def _provenance(info: StoreInfo) -> dict[str, Any]:
         "tokenizer_weights_fingerprint": tok.get("weights_sha256"),
         "token_store": str(info.path),
         "token_store_manifest_sha256": info.manifest_sha256,
+        "classes": list(info.manifest.get("classes") or []) or None,  # label i names classes[i] (sample: names)
     }
 
 

@@ -123,7 +123,8 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
     if unfinished is not None and rank == 0:
         warnings.warn(unfinished, stacklevel=2)
     gpt = load_gpt(ck.gpt)
-    labels = make_labels(opts.num_samples, gpt.config.num_classes, opts.classes, opts.labels, opts.seed)
+    class_names = (ck.run_config or {}).get("classes")
+    labels = make_labels(opts.num_samples, gpt.config.num_classes, opts.classes, opts.labels, opts.seed, class_names)
     if encoder_weights is None:  # decoding never reads the frozen encoder: do not build it (304 M params for DINOv2-L)
         tok, enc = load_tokenizer(ck.tokenizer, with_encoder=False), DECODE_ONLY
     else:
@@ -170,6 +171,7 @@ def _run(ckpt, tokenizer, out, opts: SampleOptions, encoder_weights, command, ru
         "precision": {"requested": opts.mixed_precision, "effective": _PRECISION_NAMES[_dtype_name(amp)],
                       "device_type": device.type},
         "num_samples": n, "num_classes": gpt.config.num_classes, "image_shape": [opts.image_size, opts.image_size, 3],
+        "class_names": class_names if class_names and len(class_names) == gpt.config.num_classes else None,
         "world_size": world, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
     }
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from vfmtok.data.class_names import class_label
 from vfmtok.io.files import read_json_dict, write_json_atomic
 from vfmtok.jobs.sample.options import SampleOptions
 from vfmtok.jobs.sample.plan import chunk_range, grid_rows
@@ -106,15 +107,28 @@ def commit_chunk(out: Path, chunk: int, start: int, pixels: np.ndarray, png: boo
     os.replace(tmp, shard)
 
 
-def render_grid(tiles: list[list[np.ndarray]], pad: int = 2, fill: int = 255) -> np.ndarray:
-    """Tile rows of (S, S, 3) uint8 images with `pad` pixels of `fill` between and around them -> (H, W, 3) uint8."""
+def render_grid(tiles: list[list[np.ndarray]], pad: int = 2, fill: int = 255,
+                row_labels: list[str] | None = None, label_width: int = 160) -> np.ndarray:
+    """Tile rows of (S, S, 3) uint8 images with `pad` pixels of `fill` between and around them -> (H, W, 3) uint8.
+
+    With `row_labels`, a left margin of `label_width` pixels holds each row's label (black text, PIL's default font).
+    """
     side = tiles[0][0].shape[0]
     cols = max(len(row) for row in tiles)
-    canvas = np.full((pad + len(tiles) * (side + pad), pad + cols * (side + pad), 3), fill, dtype=np.uint8)
+    left = label_width if row_labels else 0
+    canvas = np.full((pad + len(tiles) * (side + pad), left + pad + cols * (side + pad), 3), fill, dtype=np.uint8)
     for r, row in enumerate(tiles):
         for c, image in enumerate(row):
-            y, x = pad + r * (side + pad), pad + c * (side + pad)
+            y, x = pad + r * (side + pad), left + pad + c * (side + pad)
             canvas[y : y + side, x : x + side] = image
+    if row_labels:
+        from PIL import Image, ImageDraw
+
+        picture = Image.fromarray(canvas, "RGB")
+        draw = ImageDraw.Draw(picture)
+        for r, text in enumerate(row_labels):
+            draw.text((4, pad + r * (side + pad) + side // 2 - 6), text[: max(4, label_width // 7)], fill=(0, 0, 0))
+        canvas = np.asarray(picture).copy()
     return canvas
 
 
@@ -152,7 +166,9 @@ def assemble(out: Path, labels: np.ndarray, num_chunks: int, opts: SampleOptions
                     (out / "images").mkdir(exist_ok=True)
                     _save_png(out / "images" / f"{i:06d}.png", np.array(pixels[j]))
             del pixels
-    grid = render_grid([[tiles[i] for i in row] for row in rows])
+    names = record.get("class_names")
+    row_labels = [class_label(int(labels[row[0]]), names) for row in rows] if names else None
+    grid = render_grid([[tiles[i] for i in row] for row in rows], row_labels=row_labels)
     Image.fromarray(grid, "RGB").save(out / GRID_NAME, format="PNG")
     finished = time.time()
     counts = np.bincount(labels, minlength=record["num_classes"])

@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from vfmtok.data.class_names import describe_class
+
 LABEL_MODES = ("random", "balanced")
 
 
@@ -26,7 +28,7 @@ def random_label(seed: int, index: int, num_classes: int) -> int:
 
 
 def make_labels(num_samples: int, num_classes: int, classes: Sequence[int] | None = None, mode: str = "random",
-                seed: int = 0) -> np.ndarray:
+                seed: int = 0, class_names: Sequence[str] | None = None) -> np.ndarray:
     """Class label of every sample.
 
     Args:
@@ -34,6 +36,7 @@ def make_labels(num_samples: int, num_classes: int, classes: Sequence[int] | Non
         classes: ids cycled in order (label_i = classes[i % len(classes)]); overrides `mode`.
         mode: "balanced" (label_i = i mod C, interleaved) or "random" (`random_label`).
         seed: global seed (random mode).
+        class_names: the GPT's class ids in label order (its token store's classes), named in errors.
 
     Returns:
         (N,) int64 array.
@@ -44,8 +47,12 @@ def make_labels(num_samples: int, num_classes: int, classes: Sequence[int] | Non
     if classes is not None:
         bad = [c for c in classes if not 0 <= int(c) < num_classes]
         if bad:
+            known = ""
+            if class_names:
+                shown = ", ".join(describe_class(i, class_names) for i in range(min(num_classes, 10)))
+                known = f"; its classes: {shown}{', ...' if num_classes > 10 else ''}"
             raise ValueError(f"--class {bad[0]} out of range: this GPT has {num_classes} classes, ids must be in "
-                             f"[0, {num_classes}) (the null class {num_classes} is used only through CFG)")
+                             f"[0, {num_classes}) (the null class {num_classes} is used only through CFG){known}")
         cyc = np.asarray([int(c) for c in classes], dtype=np.int64)
         return cyc[np.arange(num_samples) % len(cyc)]
     if mode == "balanced":
