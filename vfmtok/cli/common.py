@@ -77,44 +77,34 @@ NumWorkersOpt = Annotated[int, typer.Option(
     "at most the CPUs available (a larger value is lowered, with a note).")]
 
 
-class Command(TyperCommand):
-    """Every subcommand's click command: flags and `--help` without a type column, help texts taken literally.
+class _PlainHelp:
+    """`--help` rendering shared by `Command` and `Group`: flags without a type column, help texts taken literally.
 
     Typer prints `<bool>` beside flags and would read `[...]` in help texts (e.g. `hf://OWNER/REPO[/PATH]`) as
     rich markup (a MarkupError for `[/PATH]`); both are fixed here, once for all commands.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         _flags_without_type(self)
 
     def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
+        option = super().get_help_option(ctx)  # type: ignore[misc]
         if option is not None:
             option.metavar = ""
         return option
 
     def format_help(self, ctx: Any, formatter: Any) -> Any:
         _literal_help(self)  # only when help is shown: rich is not imported for a refusal
-        return super().format_help(ctx, formatter)
+        return super().format_help(ctx, formatter)  # type: ignore[misc]
 
 
-class Group(TyperGroup):
+class Command(_PlainHelp, TyperCommand):
+    """Every subcommand's click command, with `_PlainHelp`'s `--help` rendering."""
+
+
+class Group(_PlainHelp, TyperGroup):
     """The top-level `vfmtok` group, with the same `--help` rendering as `Command`."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _flags_without_type(self)
-
-    def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
-        if option is not None:
-            option.metavar = ""
-        return option
-
-    def format_help(self, ctx: Any, formatter: Any) -> Any:
-        _literal_help(self)  # only when help is shown: rich is not imported for a refusal
-        return super().format_help(ctx, formatter)
 
 
 def _flags_without_type(command: Any) -> None:

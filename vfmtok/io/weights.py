@@ -99,3 +99,29 @@ def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike, me
     tmp.replace(path)
     return path
 
+
+
+def save_model_run(model: torch.nn.Module, config: dict[str, Any], out_dir: str | os.PathLike, format_name: str,
+                   format_version: int, config_key: str, weights_file: str = "model.safetensors",
+                   config_file: str = "config.json") -> Path:
+    """Write a model's run folder: `out_dir/weights_file` (its state dict as held, atomic and byte-reproducible,
+    with `{"format": format_name, config_key: json(config)}` as safetensors metadata so the file alone loads) and
+    `out_dir/config_file` = {"format", "format_version", config_key: config}.
+
+    Args:
+        model: the module to save. config: its JSON-able config dict. out_dir: created if missing.
+        format_name / format_version / config_key: the run format (e.g. "vfmtok.gpt", 1, "gpt_config").
+
+    Returns:
+        The weights path.
+
+    Raises:
+        OSError: `out_dir` cannot be written.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    path = save_safetensors(state, out_dir / weights_file, {"format": format_name, config_key: json.dumps(config)})
+    doc = {"format": format_name, "format_version": format_version, config_key: config}
+    (out_dir / config_file).write_text(json.dumps(doc, indent=2) + "\n")
+    return path

@@ -16,7 +16,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from vfmtok.models.vfm import missing_weights_message, normalise_images, pixels_dtype, read_weights_file
+from vfmtok.models.vfm import (create_timm_model, missing_weights_message, normalise_images, pixels_dtype,
+                               read_weights_file)
 
 
 def feature_key(key: str, own: set[str]) -> str | None:
@@ -93,13 +94,7 @@ class FrozenCNN(nn.Module):
                 self.model = timm.create_model(name, pretrained=False, **kwargs)
                 self._load(state, source, label)
         else:
-            pretrained = weights == "pretrained"
-            try:
-                self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
-            except Exception as err:  # hub / network errors come in many types
-                if pretrained:
-                    raise RuntimeError(missing_weights_message(name, f"{type(err).__name__}: {err}")) from err
-                raise
+            self.model = create_timm_model(name, weights == "pretrained", **kwargs)
         self.name, self.image_size, self.levels = name, image_size, levels
         self.level_dims = [info.channels()[i] for i in levels]
         self.level_grids = [hw[0] for hw in sizes]

@@ -19,7 +19,7 @@ from torch import Tensor
 from vfmtok.configs import config_from_dict, config_to_dict
 from vfmtok.io.hub import resolve_path
 from vfmtok.io.state import floats_to_float32, strict_load
-from vfmtok.io.weights import load_official_pt, pick_state_dict, save_safetensors
+from vfmtok.io.weights import load_official_pt, pick_state_dict, save_model_run
 from vfmtok.models.gpt import GPT
 from vfmtok.models.gpt_config import GPT_PRESETS, PRESET_SHAPES, GPTConfig
 from vfmtok.models.rar import RAR
@@ -85,14 +85,8 @@ def save_gpt(model: GPT, out_dir: str | Path) -> Path:
     Returns:
         The weights path.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = config_to_dict(model.config)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path = save_safetensors(state, out_dir / WEIGHTS_FILE, {"format": FORMAT_NAME, "gpt_config": json.dumps(cfg)})
-    doc = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "gpt_config": cfg}
-    (out_dir / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
-    return path
+    return save_model_run(model, config_to_dict(model.config), out_dir, FORMAT_NAME, FORMAT_VERSION, "gpt_config",
+                          WEIGHTS_FILE, CONFIG_FILE)
 
 
 def load_gpt(path: str | Path, **overrides: Any) -> GPT | RAR:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from vfmtok.io.files import read_json_dict
 from vfmtok.io.state import floats_to_float32, strict_load
-from vfmtok.io.weights import save_safetensors
+from vfmtok.io.weights import save_model_run
 from vfmtok.configs import config_from_dict, config_to_dict
 from vfmtok.models.rar import RAR
 from vfmtok.models.rar_config import POS_TABLE_EXTRA, RAR_PRESETS, TIMESTEP_TABLE_EXTRA, RARConfig
@@ -62,14 +62,8 @@ def save_rar(model: RAR, out_dir: str | Path) -> Path:
     The config is also stored in the safetensors metadata ("rar_config"), so the weights file alone loads.
     Written atomically and byte-reproducibly (`vfmtok.io.weights.save_safetensors`).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = config_to_dict(model.config)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path = save_safetensors(state, out_dir / WEIGHTS_FILE, {"format": FORMAT_NAME, "rar_config": json.dumps(cfg)})
-    doc = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "rar_config": cfg}
-    (out_dir / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
-    return path
+    return save_model_run(model, config_to_dict(model.config), out_dir, FORMAT_NAME, FORMAT_VERSION, "rar_config",
+                          WEIGHTS_FILE, CONFIG_FILE)
 
 
 def is_rar_checkpoint(path: str | Path) -> bool:

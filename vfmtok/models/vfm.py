@@ -128,6 +128,23 @@ def missing_weights_message(name: str, cause: str = "") -> str:
 # ---------------------------------------------------------------------------------------------
 # the wrapper
 # ---------------------------------------------------------------------------------------------
+def create_timm_model(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    """`timm.create_model(name, pretrained=pretrained, **kwargs)`; a failed pretrained download (offline, no cache)
+    becomes one clear error naming the weights file to supply.
+
+    Raises:
+        RuntimeError: `pretrained` and timm could not get the weights (`missing_weights_message`).
+    """
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except Exception as err:  # hub / network errors come in many types
+        if pretrained:
+            raise RuntimeError(missing_weights_message(name, f"{type(err).__name__}: {err}")) from err
+        raise
+
+
 class FrozenVFM(nn.Module):
     """Frozen multi-level feature extractor over a timm ViT (DINOv2 with registers by default).
 
@@ -172,16 +189,11 @@ class FrozenVFM(nn.Module):
             raise FileNotFoundError(f"encoder weights file not found: {weights}. " + missing_weights_message(name))
         # with given weights, skip the (slow, useless) random init: build on the meta device, then assign
         skip_init = (from_file or in_memory) and not torch.empty(0).is_meta
-        try:
-            if skip_init:
-                with torch.device("meta"):
-                    self.model = timm.create_model(name, pretrained=False, **kwargs)
-            else:
-                self.model = timm.create_model(name, pretrained=pretrained, **kwargs)
-        except Exception as err:  # hub / network errors come in many types
-            if pretrained:
-                raise RuntimeError(missing_weights_message(name, f"{type(err).__name__}: {err}")) from err
-            raise
+        if skip_init:
+            with torch.device("meta"):
+                self.model = timm.create_model(name, pretrained=False, **kwargs)
+        else:
+            self.model = create_timm_model(name, pretrained, **kwargs)
 
         def load() -> None:
             if in_memory:
