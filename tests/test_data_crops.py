@@ -8,7 +8,7 @@ from PIL import Image
 
 from vfmtok.data.crops import (AdmCenterCrop, AdmRandomCrop, adm_box_halve, adm_center_crop, adm_random_crop,
                                ten_crop)
-from vfmtok.imageops import from_uint8
+from vfmtok.imageops import from_uint8, image_to_tensor
 
 
 def _smooth(w: int, h: int) -> Image.Image:
@@ -111,4 +111,4 @@ def test_transforms_return_minus_one_one_tensors_and_flip():
     # the smooth image's red channel grows with x; a flipped crop decreases along x
     assert (tensor[0, :, 0] > tensor[0, :, -1]).all()
     centre = AdmCenterCrop(48)(image)
-    torch.testing.assert_close(centre, from_uint8(torch.from_numpy(adm_center_crop(image, 48))))
+    torch.testing.assert_close(centre, image_to_tensor(adm_center_crop(image, 48)))

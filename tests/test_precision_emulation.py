@@ -77,7 +77,7 @@ def test_train_tokenizer_bf16_autocast_across_the_disc_start(photos, tmp_path, c
 
 
 def test_train_ar_bf16_autocast_keeps_fp32_logits_and_weights(tmp_path, cpu_autocast, monkeypatch):
-    import vfmtok.jobs.train_ar as job
+    import vfmtok.jobs.ar_generators as job  # builds the generator train-ar trains
     from vfmtok.models.gpt_layers import TransformerBlock
 
     set_tf32(False)

@@ -122,7 +122,7 @@ def test_tiny_tokenizer_learns_to_reconstruct_real_photos(tmp_path):
 
     import vfmtok
     from vfmtok.data.crops import adm_center_crop
-    from vfmtok.imageops import from_uint8
+    from vfmtok.imageops import image_to_tensor
     from vfmtok.data.demo import DemoSettings, build_demo_data
     from vfmtok.engine.loader import open_image_dataset
 
@@ -131,7 +131,7 @@ def test_tiny_tokenizer_learns_to_reconstruct_real_photos(tmp_path):
     data = tmp_path / "four"
     for wnid in sorted(p.name for p in (full / "train").iterdir())[:4]:
         shutil.copytree(full / "train" / wnid, data / "train" / wnid)
-    images = torch.stack([from_uint8(torch.from_numpy(adm_center_crop(img, 56))) for img, _ in open_image_dataset(data)])
+    images = torch.stack([image_to_tensor(adm_center_crop(img, 56)) for img, _ in open_image_dataset(data)])
 
     def psnr(tok):
         tok.eval()

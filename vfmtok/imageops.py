@@ -93,6 +93,21 @@ def uint8_to_unit(pixels: Tensor) -> Tensor:
     return pixels.float().div(255.0).sub(0.5).div(0.5)
 
 
+def image_to_tensor(image: np.ndarray) -> Tensor:
+    """One uint8 (H, W, 3) numpy image (e.g. an ADM crop) -> float32 (3, H, W) tensor in [-1, 1] (`from_uint8`).
+
+    The array is made contiguous and, when read-only (a view of a PIL image), copied, so torch gets memory it may
+    own.
+
+    Raises:
+        ValueError: not uint8 (H, W, 3).
+    """
+    image = np.ascontiguousarray(image)
+    if not image.flags.writeable:
+        image = image.copy()
+    return from_uint8(torch.from_numpy(image))
+
+
 @overload
 def from_uint8(pixels: Tensor) -> Tensor: ...
 @overload

@@ -154,13 +154,13 @@ class AdmRandomCrop:
     def __call__(self, image: Image.Image) -> "torch.Tensor":
         import torch
 
-        from vfmtok.imageops import from_uint8
+        from vfmtok.imageops import image_to_tensor
 
         rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
         arr = adm_random_crop(image, self.size, rng, self.min_crop_frac, self.max_crop_frac)
         if rng.random() < self.flip_p:
             arr = arr[:, ::-1]
-        return from_uint8(torch.from_numpy(np.ascontiguousarray(arr)))
+        return image_to_tensor(arr)
 
 
 class AdmCenterCrop:
@@ -170,8 +170,6 @@ class AdmCenterCrop:
         self.size = size
 
     def __call__(self, image: Image.Image) -> "torch.Tensor":
-        import torch
+        from vfmtok.imageops import image_to_tensor
 
-        from vfmtok.imageops import from_uint8
-
-        return from_uint8(torch.from_numpy(adm_center_crop(image, self.size)))
+        return image_to_tensor(adm_center_crop(image, self.size))

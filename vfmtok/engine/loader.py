@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vfmtok.data.crops import adm_random_crop
 from vfmtok.engine.sampler import RankDisjointSampler
-from vfmtok.imageops import from_uint8
+from vfmtok.imageops import image_to_tensor
 
 
 def _pil_identity(image: Image.Image) -> Image.Image:
@@ -70,7 +70,7 @@ class AugmentedImages(Dataset):
         arr = adm_random_crop(image.convert("RGB"), self.size, rng, self.min_crop_frac, 1.0)
         if rng.random() < self.flip_p:
             arr = arr[:, ::-1]
-        return from_uint8(torch.from_numpy(np.ascontiguousarray(arr))), int(label), int(index)
+        return image_to_tensor(arr), int(label), int(index)
 
 
 def make_loader(
