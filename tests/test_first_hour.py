@@ -55,7 +55,7 @@ def test_design_examples_as_typed(tmp_path, monkeypatch, one_thread):
     error = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "--model GPT-tiny --steps 200" in error[0], out
     assert not list((tmp_path / "runs").glob("ar-*"))
-    fix = re.search(r"`(--model GPT-tiny --steps \d+)`", error[0]).group(1).replace("200", "2")
+    fix = re.search(r"`(--model GPT-tiny --steps \d+ --ema-decay [0-9.]+)`", error[0]).group(1).replace("200", "2")
     code, out = _vfmtok(f"vfmtok train-ar --tokens out/ {fix}")
     assert code == 0, out
 

@@ -97,7 +97,8 @@ def refuse_long_default_run(model: str, num_params: int, tokens_per_step: int, t
         took = f"{minutes / 60:.1f} h" if minutes >= 90 else f"{minutes:.0f} min"
         raise ValueError(
             f"the default run ({model}, the paper's epochs: {total_steps} steps of {tokens_per_step} tokens) needs at "
-            f"least {took} on this CPU; for a first run add `--model GPT-tiny --steps 200` (or give --steps / "
+            f"least {took} on this CPU; for a first run add `--model GPT-tiny --steps 200 --ema-decay 0.99` "
+            "(or give --steps / "
             "--epochs to run this length anyway, or use a GPU)")
 
 
