@@ -16,8 +16,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from vfmtok.models.vfm import (create_timm_model, missing_weights_message, normalise_images, pixels_dtype,
-                               read_weights_file)
+from vfmtok.models.vfm import (create_timm_model, freeze_with_normalisation, missing_weights_message,
+                               normalise_images, pixels_dtype, read_weights_file)
 
 
 def feature_key(key: str, own: set[str]) -> str | None:
@@ -99,12 +99,7 @@ class FrozenCNN(nn.Module):
         self.level_dims = [info.channels()[i] for i in levels]
         self.level_grids = [hw[0] for hw in sizes]
         self.strides = [info.reduction()[i] for i in levels]
-        cfg = getattr(self.model, "pretrained_cfg", {}) or {}
-        mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.requires_grad_(False)
-        self.eval()
+        freeze_with_normalisation(self, self.model)
 
     def _load(self, state: dict[str, torch.Tensor], source: str, label: str) -> None:
         """Strictly load a full-model or pyramid state dict (keys mapped by `feature_key`)."""

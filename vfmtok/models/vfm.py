@@ -145,6 +145,17 @@ def create_timm_model(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
         raise
 
 
+def freeze_with_normalisation(encoder: nn.Module, timm_model: nn.Module) -> None:
+    """Register `encoder.mean` / `encoder.std` ((1, 3, 1, 1) float32, non-persistent) from the timm model's
+    pretrained config (ImageNet mean/std when it has none), then freeze `encoder` and put it in eval mode."""
+    cfg = getattr(timm_model, "pretrained_cfg", {}) or {}
+    mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
+    encoder.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+    encoder.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+    encoder.requires_grad_(False)
+    encoder.eval()
+
+
 class FrozenVFM(nn.Module):
     """Frozen multi-level feature extractor over a timm ViT (DINOv2 with registers by default).
 
@@ -211,12 +222,7 @@ class FrozenVFM(nn.Module):
             raise ValueError(f"{label or f'encoder {name!r}'}: levels {list(levels)} must be increasing block indices in "
                              f"[0, {depth - 1}] (the model has {depth} blocks)")
         self.name, self.image_size, self.levels, self.norm_last = name, image_size, tuple(levels), norm_last
-        cfg = getattr(self.model, "pretrained_cfg", {}) or {}
-        mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.requires_grad_(False)
-        self.eval()
+        freeze_with_normalisation(self, self.model)
 
     # -- properties ---------------------------------------------------------------------------
     @property
