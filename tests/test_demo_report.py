@@ -130,3 +130,25 @@ def test_summary_explains_why_val_psnr_differs_from_the_training_log(tmp_path):
     assert "EMA weights" in res.output and "256 px" in res.output and "metrics.jsonl" in res.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["timings_s"] == {"train-tokenizer": 300, "sample": 12} and summary["metrics"]["tokenizer rFID (val, 256 px)"] == 332.0
+
+
+def test_summary_records_the_cpu_kernel_path_that_decides_the_exact_figures(tmp_path):
+    """The demo's exact figures depend on ATen's CPU kernel path; summary.json records the one the run used.
+    Forced to the portable kernels through ATEN_CPU_CAPABILITY, the record must say so (it is measured, not assumed)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    (tmp_path / "timings.tsv").write_text("sample\t1\n")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    res = subprocess.run([sys.executable, "-m", "vfmtok.jobs.demo_report", "summary", str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    recorded = json.loads((tmp_path / "summary.json").read_text())["environment"]
+    cuda = (f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "none")
+    assert recorded == {"torch": torch.__version__, "cpu_capability": "DEFAULT", "threads": torch.get_num_threads(),
+                        "cuda": cuda}
+    assert "DEFAULT CPU kernels" in res.stdout and "another CPU instruction set" in res.stdout

@@ -105,3 +105,24 @@ def set_tf32_for_job(job: str) -> dict[str, Any]:
     if job not in TF32_BY_JOB:
         raise KeyError(f"no TF32 policy for job {job!r}; known: {sorted(TF32_BY_JOB)}")
     return {"enabled": TF32_BY_JOB[job], **set_tf32(TF32_BY_JOB[job])}
+
+
+def numerics_environment() -> dict[str, Any]:
+    """What decides the floating-point results of a run on this machine, recorded beside its figures.
+
+    A CPU run is bit-reproducible for the same code, seeds and data only on the same torch build, the same CPU
+    kernel path and the same intra-op thread count: ATen picks vectorised kernels by the CPU's instruction set
+    (`torch.backends.cpu.get_cpu_capability()`: "DEFAULT", "AVX2", "AVX512", ...; the environment variable
+    `ATEN_CPU_CAPABILITY` forces a lower one), and different kernels round differently. A short training run
+    amplifies those last-bit differences, so the demo's figures move from one kind of CPU to another (measured
+    in docs/quickstart.md) while staying identical between runs on one machine.
+
+    Returns:
+        `{"torch": str, "cpu_capability": str, "threads": int, "cuda": str}`; `cuda` is "none" without a
+        visible CUDA device, else "<count> x <name of device 0>".
+    """
+    cuda = "none"
+    if torch.cuda.is_available():
+        cuda = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "cuda": cuda}

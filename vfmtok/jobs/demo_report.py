@@ -333,9 +333,19 @@ PSNR_NOTE = ("the tokenizer PSNR above differs from the psnr in the training log
              "tokenizer's own resolution, in [-1, 1] floats.")
 
 
+ENVIRONMENT_NOTE = ("measured with torch {torch}, {cpu_capability} CPU kernels, {threads} threads: the figures "
+                    "repeat exactly on this kind of machine, but another CPU instruction set rounds differently and "
+                    "trains to somewhat different figures (docs/quickstart.md, 'Why the figures differ between "
+                    "machines').")
+
+
 @app.command("summary")
 def summary_cmd(out: Annotated[Path, typer.Argument(help="demo output folder")]) -> None:
-    """Print the demo's final table: each metric and each step's wall time; write OUT/summary.json."""
+    """Print the demo's final table: each metric and each step's wall time, and the numerics environment
+    (`vfmtok.device.numerics_environment`) that decides the exact figures; write OUT/summary.json with keys
+    `metrics`, `timings_s`, `recon_grid`, `sample_grid` and `environment`."""
+    from vfmtok.device import numerics_environment
+
     tok = _load(out / "eval_tokenizer.json")
     smp = _load(out / "eval_samples.json")
     cls = _load(out / "class_check.json")
@@ -373,8 +383,11 @@ def summary_cmd(out: Annotated[Path, typer.Argument(help="demo output folder")])
     typer.echo(f"note: {PSNR_NOTE}")
     typer.echo("note: demo-scale numbers (tens of images, minutes of CPU training) are a smoke test, "
                "not comparable to the paper's ImageNet figures.")
+    env = numerics_environment()
+    typer.echo(f"note: {ENVIRONMENT_NOTE.format(**env)}")
     summary = {"metrics": dict(metrics_rows), "timings_s": dict(timings),
-               "recon_grid": str(out / "recon_grid.png"), "sample_grid": str(out / "sample_grid.png")}
+               "recon_grid": str(out / "recon_grid.png"), "sample_grid": str(out / "sample_grid.png"),
+               "environment": env}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
