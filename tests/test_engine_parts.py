@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from vfmtok.engine.checkpoint import capture_rng, latest_checkpoint, list_checkpoints, read_checkpoint, restore_rng, write_checkpoint
-from vfmtok.engine.ema import EMA
+from vfmtok.engine.ema import EMA, initial_weight, short_run_warning
 from vfmtok.engine.metrics_log import MetricsLogger, read_metrics
 from vfmtok.metrics.codebook import CodebookUsage
 from vfmtok.engine.sampler import RankDisjointSampler
@@ -170,3 +170,30 @@ def test_augmented_images_depend_only_on_seed_epoch_position():
     assert a.min() >= -1 and a.max() <= 1
     assert torch.equal(a, aug[(0, 2, 5)][0])  # deterministic
     assert not torch.equal(a, aug[(0, 3, 5)][0]) or not torch.equal(a, aug[(0, 2, 6)][0])
+
+
+def _simulated_initial_weight(decay: float, steps: int) -> float:
+    """Run the EMA class itself: a parameter at 0 that jumps to 1 after initialisation; what the shadow still
+    lacks of 1 after `steps` updates is the weight left on the initial value."""
+    module = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        module.weight.zero_()
+    ema = EMA(module, decay)
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+    for _ in range(steps):
+        ema.update(module)
+    return 1.0 - float(ema.shadow["weight"])
+
+
+def test_ema_short_run_warning_matches_the_ema_itself():
+    for decay, steps in [(0.9999, 200), (0.99, 1000), (0.9, 20), (0.5, 3)]:
+        assert initial_weight(decay, steps) == pytest.approx(_simulated_initial_weight(decay, steps), abs=1e-5)
+    text = short_run_warning(0.9999, 200)  # the paper's decay on a 200-step run
+    assert text is not None and "--ema-decay 0.9999 over 200 steps" in text and "keep 98% of the initialisation" in text
+    assert "pass --ema-decay 0.95 or smaller" in text
+    assert _simulated_initial_weight(0.95, 200) < 1e-4  # the suggestion leaves ~e**-10 of the initialisation
+    assert short_run_warning(0.99, 1000) is None  # the demo's settings: 4e-5 left
+    assert short_run_warning(0.99, 250) is not None and short_run_warning(0.99, 350) is None  # 8.1% / 3.0%
+    assert short_run_warning(None, 10) is None and short_run_warning(0.0, 10) is None
+    assert "pass --ema-decay 0 (no EMA)" in short_run_warning(0.9, 5)

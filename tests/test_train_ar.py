@@ -308,3 +308,16 @@ def test_default_batch_fits_a_small_store_and_a_long_run_is_announced(tmp_path, 
     text = caplog.text
     assert "batch size 17 (the training split holds 17 images" in text
     assert "the remaining 3 steps take about" in text and "GPT-tiny" in text  # measured over steps 1..11
+
+
+def test_an_ema_too_slow_for_the_run_is_announced(tmp_path, caplog):
+    import logging
+
+    store = make_store(tmp_path / "store")
+    with caplog.at_level(logging.WARNING, logger="vfmtok"):
+        train_ar(cfg_for(store, tmp_path / "slow", steps=3, ema_decay=0.9999, val_count=0))
+    assert "--ema-decay 0.9999 over 3 steps: the exported EMA weights keep 100% of the initialisation" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vfmtok"):
+        train_ar(cfg_for(store, tmp_path / "fast", steps=3, ema_decay=0.2, val_count=0))
+    assert "--ema-decay" not in caplog.text

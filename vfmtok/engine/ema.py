@@ -105,3 +105,31 @@ class EMA:
         self.decay = float(state["decay"])  # type: ignore[arg-type]
         for n in self.names:
             self.shadow[n].copy_(shadow[n])  # type: ignore[index]
+
+
+def initial_weight(decay: float, steps: int) -> float:
+    """Weight the EMA still gives its initial value after `steps` updates with `decay`: `decay ** steps`
+    (the EMA is a convex combination of the initial weights and every step's weights; no decay warm-up here)."""
+    return float(decay) ** int(steps)
+
+
+def short_run_warning(decay: float | None, steps: int, option: str = "--ema-decay") -> str | None:
+    """The warning to print when an EMA with `decay` cannot leave its initialisation within a run of `steps`
+    optimizer steps, else None.
+
+    It fires when the initialisation keeps more than 5 % of the EMA after the run (`initial_weight(decay, steps)
+    > 0.05`, i.e. about `steps * (1 - decay) < 3`): the exported weights, which are the EMA's, are then mostly
+    untrained (a 200-step run with the paper's 0.9999 keeps 98 % of its random initialisation). The suggested
+    decay, `1 - 10 / steps` rounded down to 2 significant digits of `1 - decay`, leaves e**-10 of it.
+
+    Args:
+        decay: EMA decay in [0, 1), or None / 0 for no EMA (never warns).
+        steps: optimizer steps of the run (>= 1).
+        option: the command-line spelling named in the text.
+    """
+    if not decay or steps < 1 or initial_weight(decay, steps) <= 0.05:
+        return None
+    suggested = 1.0 - float(f"{10.0 / steps:.2g}")
+    hint = f"pass {option} {suggested:.4g} or smaller" if suggested > 0 else f"pass {option} 0 (no EMA)"
+    return (f"{option} {decay:g} over {steps} steps: the exported EMA weights keep "
+            f"{initial_weight(decay, steps):.0%} of the initialisation; {hint} for a run this short")

@@ -38,6 +38,7 @@ from vfmtok.data.token_store.reader import (StoreInfo, TokenDataset, TokenStoreE
                                             check_token_store, load_val_set)
 from vfmtok.device import set_tf32_for_job
 from vfmtok.engine.accel import make_accelerator
+from vfmtok.engine.ema import short_run_warning
 from vfmtok.engine.checkpoint import latest_checkpoint
 from vfmtok.engine.fsdp import full_tensor, is_fsdp, reshard, shard_model
 from vfmtok.engine.mfu import device_peak_flops
@@ -269,6 +270,9 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
     if kind == "rar" and cfg.rar_anneal is None:
         cfg = dataclasses.replace(cfg, rar_anneal=gen.default_anneal(total_steps))
     anneal = tuple(cfg.rar_anneal) if kind == "rar" else None
+    ema_warning = short_run_warning(cfg.ema_decay, total_steps)
+    if ema_warning and accelerator.is_main_process:
+        log.warning(ema_warning)
 
     # -- model ------------------------------------------------------------------------------------
     if cfg.fsdp:

@@ -37,6 +37,7 @@ import torch
 
 from vfmtok.device import set_tf32_for_job
 from vfmtok.engine.accel import make_accelerator
+from vfmtok.engine.ema import short_run_warning
 from vfmtok.engine.checkpoint import latest_checkpoint
 from vfmtok.engine.loader import AugmentedImages, open_image_dataset
 from vfmtok.engine.fsdp import local
@@ -279,9 +280,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig) -> TrainResult:
         log.warning("warm-up of %d steps%s is not shorter than the run (%d steps): the learning rate never reaches "
                     "--lr %g (last step: %.3g); pass --warmup-steps or train longer (--epochs / --steps)", warmup,
                     "" if cfg.warmup_steps is not None else " (default: 4 epochs)", total, cfg.lr, last_lr)
-    if cfg.ema_decay > 0 and total * (1 - cfg.ema_decay) < 3 and accelerator.is_main_process:
-        log.warning("--ema-decay %g over %d steps: the exported EMA weights stay close to the initialisation "
-                    "(use a smaller --ema-decay for short runs)", cfg.ema_decay, total)
+    ema_warning = short_run_warning(cfg.ema_decay, total)
+    if ema_warning and accelerator.is_main_process:
+        log.warning(ema_warning)
     disc_kind = _resolve_disc(cfg)
     disc = create_discriminator(disc_kind, cfg.disc_weights) if disc_kind != "none" else None
     warn_if_poisoned_torchvision_vgg16()  # a file earlier versions wrote into torchvision's cache (issue #19)
