@@ -1,4 +1,4 @@
-"""`vfmtok sample`: class-conditional images from a GPT run -> PNGs, grid.png and an ADM-format samples.npz."""
+"""`vfmtok sample`: class-conditional images from a GPT or RAR run -> PNGs, grid.png and an ADM-format samples.npz."""
 from __future__ import annotations
 
 import shlex
@@ -50,8 +50,9 @@ def parse_classes(values: list[str] | None) -> list[int] | None:
 
 def command(
     ckpt: Annotated[Optional[Path], typer.Option(
-        "--ckpt", help="GPT: a train-ar run directory, a model.safetensors, the authors' GPT-*.pt, or a Hub reference "
-                       "(hf://OWNER/REPO[/PATH][@REV], authors/GPT-B; docs/hub.md). "
+        "--ckpt", help="Generator (GPT or RAR): a train-ar run directory, a model.safetensors, the authors' GPT-*.pt "
+                       "or RAR .safetensors, or a Hub reference (hf://OWNER/REPO[/PATH][@REV], authors/GPT-B, "
+                       "authors/RAR-L; docs/hub.md). "
                        "Default: the run with the newest model.safetensors under ./runs (printed).")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option(
         "--tokenizer", help="Tokenizer run directory, .safetensors, vfmtok-tokenizer.pt, or a Hub reference (hf://..., "
@@ -110,7 +111,7 @@ def command(
     device: DeviceOpt = "auto",
     mixed_precision: PrecisionOpt = MixedPrecision.bf16,
 ) -> None:
-    """Sample N class-conditional images from a GPT run.
+    """Sample N class-conditional images from a GPT or RAR run.
 
     Writes DIR/samples.npz (arr_0 uint8 N x S x S x 3, arr_1 int64 labels),
     DIR/images/*.png, DIR/grid.png and DIR/sample_config.json.
