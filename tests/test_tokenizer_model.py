@@ -264,3 +264,21 @@ def test_bf16_autocast_quantizes_the_fp32_projection_of_the_slots(tok, images):
     book = F.normalize(tok.slot_quantize.embedding.weight.double(), dim=-1)
     nearest = (F.normalize(pre64, dim=-1) @ book.t()).argmax(-1)  # max cosine = min distance, float64
     assert torch.equal(trace["indices"], nearest) and torch.equal(codes, nearest)
+
+
+def test_an_image_size_the_pixel_decoder_cannot_reach_names_the_multipliers_that_fit():
+    import dataclasses
+    import re
+
+    tiny = tokenizer_preset("tiny")
+    with pytest.raises(ValueError) as err:
+        dataclasses.replace(tiny, image_size=56)
+    text = str(err.value)
+    assert "image_size=56 must be divisible by the pixel decoder's upsampling factor 16" in text
+    assert "--set 'pixel_ch_mult=[1,1,2,2]'" in text and "upsamples 7 -> 56 px" in text
+    # the suggested value is accepted and builds the decoder the message promises
+    fixed = re.search(r"pixel_ch_mult=\[([0-9,]+)\]", text).group(1)
+    cfg = dataclasses.replace(tiny, image_size=56, pixel_ch_mult=tuple(int(m) for m in fixed.split(",")))
+    assert cfg.image_size // 2 ** (len(cfg.pixel_ch_mult) - 1) == 7
+    with pytest.raises(ValueError, match=r"pixel_ch_mult=\[1\]' \(the decoder then upsamples 45 -> 45 px, not at all\)"):
+        dataclasses.replace(tiny, image_size=45)

@@ -95,9 +95,17 @@ class TokenizerConfig:
         if side * side != self.num_queries:
             raise ValueError(f"TokenizerConfig: num_queries={self.num_queries} must be a perfect square")
         up = 2 ** (len(self.pixel_ch_mult) - 1)
-        if self.image_size % up:
+        if self.image_size > 0 and self.image_size % up:
+            levels = len(self.pixel_ch_mult)
+            while self.image_size % 2 ** (levels - 1):
+                levels -= 1
+            fits = "[" + ",".join(str(m) for m in self.pixel_ch_mult[:levels]) + "]"
+            fit_up = 2 ** (levels - 1)
             raise ValueError(f"TokenizerConfig: image_size={self.image_size} must be divisible by the pixel decoder's "
-                             f"upsampling factor {up} (2**(len(pixel_ch_mult)-1))")
+                             f"upsampling factor {up} (2**(len(pixel_ch_mult)-1)); keep the first {levels} "
+                             f"multipliers, --set 'pixel_ch_mult={fits}' (the decoder then upsamples "
+                             f"{self.image_size // fit_up} -> {self.image_size} px{'' if fit_up > 1 else ', not at all'}), "
+                             f"or use an image_size divisible by {up}")
         for name in ("dim", "encoder_depth", "codebook_size", "codebook_dim", "image_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TokenizerConfig: {name} must be positive, got {getattr(self, name)}")
