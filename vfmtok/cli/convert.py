@@ -1,4 +1,4 @@
-"""`vfmtok convert SOURCE OUT`: the authors' `.pt` (GPT or tokenizer) -> our safetensors run folder."""
+"""`vfmtok convert SOURCE OUT`: the authors' `.pt` (GPT or tokenizer) or RAR `.safetensors` -> our run folder."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,12 +10,14 @@ from vfmtok.cli.common import fail
 
 
 def command(
-    source: Annotated[str, typer.Argument(metavar="SOURCE", help="The authors' GPT-*.pt or vfmtok-tokenizer.pt: a local file, "
-                                               "hf://OWNER/REPO/PATH[@REV] or authors/NAME (e.g. authors/GPT-B).")],
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="The authors' GPT-*.pt, vfmtok-tokenizer.pt or RAR "
+                                               "model.safetensors / vfmtok-rar-*.safetensors: a local file, "
+                                               "hf://OWNER/REPO/PATH[@REV] or authors/NAME (e.g. authors/GPT-B, "
+                                               "authors/RAR-L).")],
     out: Annotated[Path, typer.Argument(metavar="OUT", help="Output run folder (model.safetensors or tokenizer.safetensors, "
                                              "config.json, README.md).")],
-    kind: Annotated[str, typer.Option("--kind", help="auto (from the file name, else its keys), gpt or tokenizer.")
-                    ] = "auto",
+    kind: Annotated[str, typer.Option("--kind", help="auto (a .safetensors: RAR by its keys; a .pt: from the file "
+                                                     "name, else its keys), gpt, rar or tokenizer.")] = "auto",
     config: Annotated[Optional[str], typer.Option(
         "--config", help="Tokenizer preset when the file is not the paper's vfmtok-l shape.")] = None,
     encoder_weights: Annotated[Optional[str], typer.Option(
@@ -26,7 +28,8 @@ def command(
 ) -> None:
     """Convert one of the authors' released checkpoints into our run layout.
 
-    The EMA weights are loaded strictly (every key used, shapes equal), written as safetensors with config.json
+    The EMA weights (a RAR file: its plain state dict) are loaded strictly (every key used, shapes equal),
+    written as safetensors with config.json
     (which records the source file and its sha256) and a model card; the result loads with --ckpt/--tokenizer,
     vfmtok.load_gpt/load_tokenizer/from_pretrained, and can be pushed with `vfmtok push`. See docs/hub.md.
     """

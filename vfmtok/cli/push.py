@@ -1,4 +1,4 @@
-"""`vfmtok push RUN DEST`: a GPT or tokenizer run -> a Hub repository (or a local folder) with a model card."""
+"""`vfmtok push RUN DEST`: a GPT, RAR or tokenizer run -> a Hub repository (or a local folder) with a model card."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +10,9 @@ from vfmtok.cli.common import fail
 
 
 def command(
-    run: Annotated[Path, typer.Argument(metavar="RUN", help="A train-ar / train-tokenizer run folder, or one made by "
-                                             "`vfmtok convert` (config.json + safetensors weights).")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A train-ar (GPT or RAR) / train-tokenizer run folder, "
+                                             "or one made by `vfmtok convert` or save_pretrained (config.json + "
+                                             "safetensors weights).")],
     dest: Annotated[str, typer.Argument(metavar="DEST", help="hf://OWNER/NAME or OWNER/NAME (the Hub), or file://PATH or a path "
                                              "starting with / ./ ../ ~ (a local folder).")],
     private: Annotated[bool, typer.Option("--private", help="Create the Hub repository as private.")] = False,

@@ -1,11 +1,12 @@
-"""`vfmtok push RUN DEST`: a GPT or tokenizer run folder -> a Hub model repository (or a local folder).
+"""`vfmtok push RUN DEST`: a GPT, RAR or tokenizer run folder -> a Hub model repository (or a local folder).
 
 What is uploaded: the weights (`model.safetensors` / `tokenizer.safetensors`), `config.json` and a generated
 model card `README.md` (`vfmtok.models.pretrained.model_card`: training command, data fingerprint, metrics of
 the run). Training checkpoints, logs and samples stay local. DEST is `hf://OWNER/NAME` or `OWNER/NAME` (the Hub;
 `vfmtok.io.hub.push_folder`), or `file://PATH` / a path starting with `/`, `./`, `../` or `~` (a local folder,
 e.g. a git clone of the repository, for review or offline use). What comes back from either loads with
-`vfmtok.from_pretrained` / `load_gpt` / `load_tokenizer`.
+`vfmtok.from_pretrained` / `load_gpt` / `load_rar` / `load_tokenizer`, and samples with `vfmtok sample --ckpt
+hf://OWNER/NAME`.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def push_run(run: str | Path, dest: str, token: str | None = None, private: bool
         {"destination", "files", "commit_url" (Hub only, else None), "local" (bool)}.
 
     Raises:
-        FileNotFoundError / ValueError: `run` is not a vfmtok GPT or tokenizer run (see `run_format`); a bad
+        FileNotFoundError / ValueError: `run` is not a vfmtok GPT, RAR or tokenizer run (see `run_format`); a bad
             repository id. huggingface_hub HTTP errors (authentication, permissions) pass through.
     """
     run = Path(run)

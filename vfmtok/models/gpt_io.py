@@ -17,12 +17,14 @@ from typing import Any
 from torch import Tensor
 
 from vfmtok.configs import config_from_dict, config_to_dict
+from vfmtok.io.files import read_json_dict
 from vfmtok.io.hub import resolve_path
 from vfmtok.io.state import floats_to_float32, strict_load
 from vfmtok.io.weights import load_official_pt, pick_state_dict, save_model_run
 from vfmtok.models.gpt import GPT
 from vfmtok.models.gpt_config import GPT_PRESETS, PRESET_SHAPES, GPTConfig
 from vfmtok.models.rar import RAR
+from vfmtok.models.rar_io import FORMAT_NAME as RAR_FORMAT
 from vfmtok.models.rar_io import is_rar_checkpoint, load_rar
 
 
@@ -105,7 +107,8 @@ def load_gpt(path: str | Path, **overrides: Any) -> GPT | RAR:
         in `args.gpt_model`, in the file name (`GPT-L-300e.pt`), or the preset with the same dim and depth;
         grid size from `args.latent_size` (else 16).
 
-    config.json may hold the GPTConfig fields under "gpt_config" (or "model"), or flat.
+    config.json may hold the GPTConfig fields under "gpt_config" (or "model"), or flat; a "format" entry other than
+    "vfmtok.gpt" / "vfmtok.rar" (e.g. a tokenizer run, or an unknown model kind) is refused.
 
     Args:
         path: file or directory. **overrides: GPTConfig fields to force (e.g. `n_head`, `grid_size`).
@@ -114,14 +117,15 @@ def load_gpt(path: str | Path, **overrides: Any) -> GPT | RAR:
         FileNotFoundError: nothing loadable at `path` (names the files expected); `vfmtok.io.hub.HubFileMissing`
             for a Hub file neither cached nor downloadable. `vfmtok.io.hub.HubFileCorrupt` (a ValueError): hash
             mismatch of a Hub file.
-        ValueError: config cannot be inferred, or the weights do not match it strictly (names the missing,
-            unexpected or mis-shaped keys).
+        ValueError: config cannot be inferred, config.json names another kind of model (its "format"), or the
+            weights do not match it strictly (names the missing, unexpected or mis-shaped keys).
     """
 
     path = resolve_path(path)
     if is_rar_checkpoint(path):  # RAR run dir or safetensors (ours or the authors'): same sampling protocol
         return load_rar(path, **overrides)
     if path.is_dir():
+        _check_format(path / CONFIG_FILE, read_json_dict(path / CONFIG_FILE))  # the folder's kind, not the file's
         weights = path / WEIGHTS_FILE
         if not weights.is_file():
             raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE} in this run directory")
@@ -152,10 +156,19 @@ def load_gpt(path: str | Path, **overrides: Any) -> GPT | RAR:
     return model.eval()
 
 
+def _check_format(file: Path, doc: dict[str, Any] | None) -> None:
+    """Refuse a config.json whose "format" names neither a GPT nor a RAR (RAR folders are dispatched before)."""
+    fmt = (doc or {}).get("format")
+    if fmt is not None and fmt != FORMAT_NAME:
+        raise ValueError(f"{file}: format {fmt!r} is not a generator vfmtok can load (expected {FORMAT_NAME!r} or "
+                         f"{RAR_FORMAT!r})")
+
+
 def _read_config_json(file: Path) -> dict[str, Any] | None:
     if not file.is_file():
         return None
     data = json.loads(file.read_text())
+    _check_format(file, data)
     for key in ("gpt_config", "model"):
         if isinstance(data.get(key), dict):
             return data[key]

@@ -17,6 +17,7 @@ from typing import Any
 from torch import Tensor
 
 from vfmtok.io.files import read_json_dict
+from vfmtok.io.hub import resolve_path
 from vfmtok.io.state import floats_to_float32, strict_load
 from vfmtok.io.weights import save_model_run
 from vfmtok.configs import config_from_dict, config_to_dict
@@ -89,6 +90,8 @@ def load_rar(path: str | Path, **overrides: Any) -> RAR:
     """Load a RAR (eval mode, fp32, CPU) from our run dir, our `.safetensors`, or the authors' safetensors.
 
     Accepted inputs:
+      * a Hub reference (`hf://OWNER/REPO[/PATH][@REV]`, e.g. a run pushed with `vfmtok push`, or
+        `authors/RAR-L` ...; `vfmtok.io.hub`), downloaded into the Hugging Face cache first;
       * a directory holding `model.safetensors` (with or without `config.json`), e.g. our run dir or the
         authors' `RAR-L-ultra/`;
       * a `.safetensors` file; its config comes from a `config.json` beside it of format "vfmtok.rar", else
@@ -98,14 +101,15 @@ def load_rar(path: str | Path, **overrides: Any) -> RAR:
         path: file or directory. **overrides: `RARConfig` fields to force (e.g. `class_dropout=0.0`).
 
     Raises:
-        FileNotFoundError: nothing loadable at `path`.
+        FileNotFoundError: nothing loadable at `path` (`vfmtok.io.hub.HubFileMissing` for a Hub file neither
+            cached nor downloadable).
         ValueError: not a RAR state dict, or the weights do not match the config strictly (names the missing,
             unexpected or mis-shaped keys with expected and found shapes).
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = Path(path)
+    path = resolve_path(path)
     if path.is_dir():
         if not (path / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE} in this directory")
