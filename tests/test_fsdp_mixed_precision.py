@@ -34,7 +34,7 @@ BF16, FP32 = ["torch.bfloat16"], ["torch.float32"]
 LOSS_RTOL = 5e-4
 
 WORKER = """
-import json, os, signal, sys, torch
+import json, os, signal, sys, threading, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 from pathlib import Path
@@ -81,9 +81,9 @@ def run(name, cfg, observer=None):
 
 kw = dict(fsdp=True, mixed_precision="bf16", steps=6, save_every=3, grad_accum=2, val_count=5, ema_decay=0.5)
 run("mp", cfg_for(store, tmp / "mp", **kw))
-def stop(rank, step, rows):  # SIGTERM (to both ranks, as torchrun forwards it) during the 4th step
-    if step == 3:
-        os.kill(os.getpid(), signal.SIGTERM)
+def stop(rank, step, rows):  # SIGTERM to both ranks during the 4th step, delivered to the main thread: sent to the
+    if step == 3:            # process it may land on a gloo thread (seen once to abort a rank in C++)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
 res = run("half", cfg_for(store, tmp / "half", **kw), observer=stop)
 assert res.result.interrupted and res.result.step == 4, res.result
 run("resumed", cfg_for(store, tmp / "half", resume=True, **kw))
