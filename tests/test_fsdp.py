@@ -120,7 +120,8 @@ def test_fsdp_two_processes_match_one_process_and_resume_bit_exact(tmp_path):
         assert [v is None for v in va] == [v is None for v in vb] and va[-1] is not None
         assert [v for v in va if v is not None] == pytest.approx([v for v in vb if v is not None], abs=1e-5)
     assert max(r["grad_norm_gpt"] for r in ra) > 1.0  # gradient clipping at 1.0 was active
-    assert json.loads((tmp_path / "nodrop" / "config.json").read_text())["train"]["world_size"] == 2
+    train = json.loads((tmp_path / "nodrop" / "config.json").read_text())["train"]
+    assert train["world_size"] == 2 and train["fsdp_mixed_precision"] is None  # fp32 run: no FSDP2 policy
 
     # the sharded checkpoint gathers to the live weights and the EMA that was exported
     ckpt = latest_checkpoint(tmp_path / "nodrop" / "checkpoints")

@@ -89,7 +89,8 @@ def command(
     grad_checkpointing: Annotated[bool, typer.Option(
         "--grad-checkpointing", help="Recompute transformer blocks in the backward pass (less memory).")] = False,
     fsdp: Annotated[bool, typer.Option(
-        "--fsdp", help="Shard the GPT, its EMA and AdamW over all processes (FSDP2; needs torchrun).")] = False,
+        "--fsdp", help="Shard the GPT, its EMA and AdamW over all processes (FSDP2; needs torchrun). bf16 runs "
+        "all-gather the blocks in bf16 and reduce gradients in fp32 (docs/precision.md).")] = False,
     class_dropout: Annotated[float, typer.Option(
         "--class-dropout", help="Probability of the null class during training (for CFG).")] = 0.1,
     dropout: Annotated[Optional[float], typer.Option(

@@ -5,9 +5,13 @@ Design (docs/train_ar.md, "FSDP"):
 * Sharding: `shard_model` applies `fully_shard` to every block of the given types (one FSDP unit per
   `TransformerBlock` for the GPT) and then to the root (embeddings, final norm, head). Parameters become `DTensor`s
   sharded along dim 0 over all ranks (FULL_SHARD / ZeRO-3); each rank stores 1/world of every parameter, gradient
-  and AdamW moment. Parameters stay fp32 (all-gathered in fp32) and compute runs under the same autocast as DDP,
-  so the numerics are those of a DDP run. With `--grad-accum` the gradients are reduce-scattered after every
+  and AdamW moment, always in fp32. With `--grad-accum` the gradients are reduce-scattered after every
   micro-batch (no `no_sync`), so unsharded gradients never accumulate.
+* Mixed precision (`training_policy`): a bf16 run all-gathers the blocks' parameters in bf16 (half the traffic)
+  and reduce-scatters their gradients in fp32 (FSDP2 `MixedPrecisionPolicy`); the root unit (embeddings, final
+  norm, head) keeps fp32 parameters so that the residual stream starts in fp32, and unit inputs are not cast.
+  Compute still runs under the run's autocast, so the matmuls see the same bf16 operands as a DDP run
+  (docs/precision.md). An fp32 run has no policy (fp32 all-gathers).
 * EMA: `vfmtok.engine.ema.EMA` keeps the shadow as `DTensor`s with the parameters' sharding; each rank updates
   only its local shard (same order on every rank). Nothing is gathered during training; the shadow is gathered
   parameter by parameter only for the export (`full_state_dict`).
@@ -55,7 +59,8 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 
 
 def shard_model(model: nn.Module, block_types: Iterable[type], device: torch.device,
-                param_dtype: torch.dtype | None = None, reduce_dtype: torch.dtype | None = None) -> nn.Module:
+                param_dtype: torch.dtype | None = None, reduce_dtype: torch.dtype | None = None,
+                root_fp32: bool = False) -> nn.Module:
     """Shard `model` in place with FSDP2: one unit per submodule of `block_types`, then the root.
 
     Every rank must call it with the same, identically initialised model (the engine seeds the initialisation
@@ -67,8 +72,14 @@ def shard_model(model: nn.Module, block_types: Iterable[type], device: torch.dev
             `TransformerBlock`). device: this rank's device (its type names the device mesh: 'cpu' (gloo) or 'cuda').
         param_dtype, reduce_dtype: FSDP2 `MixedPrecisionPolicy`: all-gather and compute with the parameters in
             `param_dtype` (e.g. bf16: half the all-gather traffic) and reduce-scatter gradients in `reduce_dtype`
-            (e.g. fp32); the sharded parameters, their gradients and the optimizer state stay fp32. None (default)
-            for both: no policy (fp32 all-gathers, as the engine's `train-ar --fsdp` runs).
+            (e.g. fp32); the sharded parameters, their gradients and the optimizer state stay fp32. Floating
+            inputs of the units are not cast (`cast_forward_inputs=False`): the GPT's fp32 RoPE table and an fp32
+            residual stream reach the blocks unchanged; run the forward under autocast to give the matmuls
+            `param_dtype` operands. None (default) for both: no policy (fp32 all-gathers).
+        root_fp32: apply the policy to the block units only; the root unit (e.g. the GPT's embeddings, final norm
+            and head) keeps fp32 all-gathers, so the embeddings and with them the residual stream stay fp32, as
+            under autocast without FSDP (`training_policy`). Needs autocast in the forward when `param_dtype` is
+            set (an fp32 activation meets a `param_dtype` weight in the first block's matmuls).
 
     Returns:
         `model` itself (its class is now also an `FSDPModule`).
@@ -89,12 +100,48 @@ def shard_model(model: nn.Module, block_types: Iterable[type], device: torch.dev
     if param_dtype is not None or reduce_dtype is not None:
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
-        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype,
+                                                    cast_forward_inputs=False)
     for sub in reversed(list(model.modules())):  # innermost first (fully_shard needs children before parents)
         if sub is not model and isinstance(sub, kinds):
             fully_shard(sub, **options)
-    fully_shard(model, **options)
+    fully_shard(model, **({"mesh": mesh} if root_fp32 else options))
     return model
+
+
+def training_policy(mixed_precision: str) -> dict[str, Any] | None:
+    """The FSDP2 mixed-precision policy of a training run that computes in `mixed_precision`.
+
+    Args:
+        mixed_precision: the run's effective precision ('no' | 'bf16' | 'fp16'; `str(accelerator.mixed_precision)`,
+            which is 'no' on CPU unless VFMTOK_CPU_AUTOCAST emulates the GPU paths).
+
+    Returns:
+        None for 'no' (fp32 all-gathers, no policy), else the keyword arguments of `shard_model`:
+        {"param_dtype": torch.bfloat16 | torch.float16, "reduce_dtype": torch.float32, "root_fp32": True}:
+        the blocks all-gather in the autocast dtype (the dtype autocast casts their weights to anyway) and reduce
+        gradients in fp32 (the precision of the fp32 master weights they update); the root unit stays fp32.
+
+    Raises:
+        ValueError: an unknown precision name.
+    """
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    mp = getattr(mixed_precision, "value", mixed_precision)
+    if mp == "no":
+        return None
+    if mp not in dtypes:
+        raise ValueError(f"mixed precision {mp!r}: expected one of no, bf16, fp16")
+    return {"param_dtype": dtypes[mp], "reduce_dtype": torch.float32, "root_fp32": True}
+
+
+def describe_policy(policy: dict[str, Any] | None) -> dict[str, str] | None:
+    """A `training_policy` result as JSON-ready dtype names, as recorded in train_settings.json / config.json:
+    {"param_dtype": "bfloat16", "reduce_dtype": "float32", "root_param_dtype": "float32"}; None stays None."""
+    if policy is None:
+        return None
+    param, reduce = (str(policy[k]).removeprefix("torch.") for k in ("param_dtype", "reduce_dtype"))
+    return {"param_dtype": param, "reduce_dtype": reduce,
+            "root_param_dtype": "float32" if policy.get("root_fp32") else param}
 
 
 def reshard(model: nn.Module) -> None:

@@ -14,8 +14,9 @@ Data order, resumption, signals, non-finite checks, DDP and checkpoints come fro
 This module adds: store checks before any step, a fixed held-out validation split, validation losses of the live
 and EMA weights, tokens/s and an MFU estimate, run provenance (`RUN/config.json`) and the EMA export. With
 `fsdp=True` the generator is sharded with FSDP2, one unit per `TransformerBlock` (RAR: per `Block`)
-(vfmtok.engine.fsdp: sharded EMA and checkpoints); the export gathers the full weights, so `model.safetensors` is
-the same as for a DDP run.
+(vfmtok.engine.fsdp: sharded EMA and checkpoints; in a bf16 run the blocks are all-gathered in bf16 and their
+gradients reduced in fp32, `training_policy`, still under autocast); the export gathers the full fp32 weights, so
+`model.safetensors` is the same as for a DDP run.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from vfmtok.device import set_tf32_for_job
 from vfmtok.engine.accel import make_accelerator
 from vfmtok.engine.ema import short_run_warning
 from vfmtok.engine.checkpoint import latest_checkpoint
-from vfmtok.engine.fsdp import full_tensor, is_fsdp, reshard, shard_model
+from vfmtok.engine.fsdp import describe_policy, full_tensor, is_fsdp, reshard, shard_model, training_policy
 from vfmtok.engine.mfu import device_peak_flops
 from vfmtok.engine.schedule import warmup_constant_schedule, warmup_cosine_schedule
 from vfmtok.engine.trainer import StepOutput, Trainer, TrainerConfig, TrainResult
@@ -292,6 +293,8 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
     model.activation_checkpointing = cfg.grad_checkpointing
     model_config = dataclasses.asdict(model.config)
     config_key = gen.config_key(kind)
+    # bf16 runs: bf16 all-gathers of the blocks, fp32 gradient reduction, fp32 shards (vfmtok.engine.fsdp)
+    fsdp_policy = training_policy(str(accelerator.mixed_precision)) if cfg.fsdp else None
 
     train_settings = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in dataclasses.asdict(cfg).items()
                       if k not in ("command", "progress", "print_every", "resume")}
@@ -303,6 +306,7 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
                           tokens_per_step=cfg.batch_size * per_image * info.num_tokens,
                           mixed_precision=getattr(cfg.mixed_precision, "value", cfg.mixed_precision),
                           effective_precision=str(accelerator.mixed_precision),
+                          fsdp_mixed_precision=describe_policy(fsdp_policy),
                           tf32=set_tf32_for_job("train-ar"),
                           device_type=accelerator.device.type,
                           flops_per_token=model.flops_per_token(training=True),
@@ -337,7 +341,7 @@ def train_ar(cfg: TrainARConfig, observer: Callable[[int, int, torch.Tensor], No
         for layer in gen.blocks(model):
             layer.compile()
     if cfg.fsdp:  # before the optimizer: the optimizer must hold the sharded parameters
-        shard_model(model, gen.block_types(kind), accelerator.device)
+        shard_model(model, gen.block_types(kind), accelerator.device, **(fsdp_policy or {}))
     fused = accelerator.device.type == "cuda"
     optimizer = torch.optim.AdamW(gen.param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
                                   fused=fused or None)

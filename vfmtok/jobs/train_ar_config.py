@@ -44,7 +44,9 @@ class TrainARConfig:
         grad_checkpointing: recompute each transformer block in the backward pass.
         fsdp: shard the GPT over all processes with FSDP2 (one unit per TransformerBlock, FULL_SHARD), with a
             sharded EMA and sharded checkpoints (`checkpoints/step_N/sharded/`); needs a distributed launch
-            (torchrun / accelerate launch). The exported weights are the full EMA, as without it.
+            (torchrun / accelerate launch). The exported weights are the full EMA, as without it. A bf16 run
+            all-gathers the blocks in bf16 and reduces their gradients in fp32 (`vfmtok.engine.fsdp.training_policy`,
+            recorded as `fsdp_mixed_precision`); shards, AdamW state, EMA and export stay fp32.
         class_dropout: probability of the null class in training (CFG); dropout: token/residual/FFN dropout
             (None keeps the preset's 0.1).
         skip_nonfinite: skip steps with a non-finite loss/grad norm instead of stopping.

@@ -21,6 +21,24 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
 
+class LayerNorm(nn.LayerNorm):
+    """`nn.LayerNorm` (same parameters and state-dict keys) that also takes an fp32 input with bf16/fp16 affine
+    parameters, computing in fp32 with the parameters upcast (exact).
+
+    That pairing arises under FSDP mixed precision (`train-ar --fsdp` in bf16: the blocks' parameters all-gathered
+    in bf16, the residual stream fp32); CUDA autocast upcasts LayerNorm's arguments itself, CPU `layer_norm`
+    refuses them. Any other pairing runs `nn.LayerNorm.forward` unchanged.
+
+    Input (..., D) in any float dtype; output of the input's dtype (fp32 for the pairing above).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype != torch.float32 or self.weight is None or self.weight.dtype == torch.float32:
+            return super().forward(x)
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x, self.normalized_shape, self.weight.float(), bias, self.eps)
+
+
 class Attention(nn.Module):
     """Causal multi-head self-attention with biased qkv, per-head LayerNorm on q and k, and an optional KV cache.
 
@@ -84,9 +102,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg: RARConfig) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.dim, eps=LN_EPS)
+        self.norm1 = LayerNorm(cfg.dim, eps=LN_EPS)
         self.attn = Attention(cfg)
-        self.norm2 = nn.LayerNorm(cfg.dim, eps=LN_EPS)
+        self.norm2 = LayerNorm(cfg.dim, eps=LN_EPS)
         self.mlp = Mlp(cfg)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
 
