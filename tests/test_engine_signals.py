@@ -123,3 +123,24 @@ def test_stop_check_makes_no_tensor_op_in_one_process(tmp_path):
         tr.stop.handle(signal.SIGTERM, None)
         assert tr.stop.after_step(tr.world_size) == signal.SIGTERM
     assert [e.name for e in prof.events()] == []  # old: a tensor + .item() per step
+
+
+def test_a_launched_process_destroys_its_process_group_before_the_interpreter_exits(tmp_path):
+    """Left to interpreter finalization, gloo's threads can abort a finished rank ("terminate called without an
+    active exception"); make_accelerator registers an atexit hook that destroys the group first. atexit runs its
+    hooks last-registered first, so a hook registered before make_accelerator sees the group already gone."""
+    script = tmp_path / "exit_worker.py"
+    script.write_text(textwrap.dedent(f"""
+        import atexit, os
+        from pathlib import Path
+        import torch.distributed as dist
+        from vfmtok.engine.accel import make_accelerator
+        seen = Path({str(tmp_path)!r}) / ("seen" + os.environ["RANK"])
+        atexit.register(lambda: seen.write_text(repr(dist.is_initialized())))
+        accelerator = make_accelerator("cpu")
+        assert accelerator.num_processes == 2 and dist.is_initialized()
+        dist.barrier()
+    """))
+    proc = torchrun([script], timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [(tmp_path / f"seen{r}").read_text() for r in (0, 1)] == ["False", "False"]

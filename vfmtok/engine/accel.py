@@ -14,6 +14,28 @@ from vfmtok.device import resolve_device
 
 
 CPU_AUTOCAST_ENV = "VFMTOK_CPU_AUTOCAST"
+_EXIT_HOOK = {"registered": False}
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy the default process group, if one is up, when the interpreter exits (registered once per process).
+
+    accelerate creates the process group of a torchrun / `accelerate launch` process and leaves it up. Left to
+    interpreter finalization, gloo's worker threads can outlive the objects they use, and the process aborts with
+    "terminate called without an active exception" after its work is done (seen on CPU/gloo after a
+    SIGTERM-stopped run). An `atexit` hook runs while the interpreter is still whole; it never runs a collective.
+    """
+    import atexit
+
+    import torch.distributed as dist
+
+    def destroy() -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+    if not _EXIT_HOOK["registered"]:
+        atexit.register(destroy)
+        _EXIT_HOOK["registered"] = True
 
 
 def cpu_autocast_requested() -> bool:
@@ -61,6 +83,8 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no", find_unu
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)]
     accelerator = Accelerator(cpu=cpu, mixed_precision="no" if cpu and not cpu_autocast else mp,
                               kwargs_handlers=handlers)
+    if accelerator.num_processes > 1:
+        destroy_process_group_at_exit()
     if cpu and cpu_autocast and mp == "fp16":  # what accelerate sets up on CUDA: fp16 autocast + a GradScaler
         accelerator.native_amp = True
         accelerator.scaler = torch.amp.GradScaler("cpu")
