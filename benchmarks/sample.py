@@ -3,17 +3,20 @@ against the weight-read bound.
 
 Usage:
     .venv/bin/python benchmarks/sample.py                       # GPT-tiny (L=256) and GPT-B (L=64) on CPU
+    .venv/bin/python benchmarks/sample.py --models RAR-tiny     # RAR (raster order, L=256) on CPU
     .venv/bin/python benchmarks/sample.py --models GPT-B,GPT-L --grid-size 16 --batch 32 --device cuda
 
-Random weights (output head re-initialised so the distribution is not uniform). Timings are wall-clock medians
-over `--repeats` runs after one warm-up run, which for `compile` includes the compilation (printed apart).
+Random weights (GPT output head and RAR adaLN layers re-initialised, as they start at zero, so the distribution is
+not uniform). `RAR-*` names select the RAR generator (vocab 16384, 1000 classes, L = grid**2). Timings are
+wall-clock medians over `--repeats` runs after one warm-up run, which for `compile` includes the compilation
+(printed apart).
 
 1. `vfmtok.generate` tokens/s (image tokens per second, batch B) for eager and compiled decoding at cfg 1 and
    cfg 2 (the CFG batch has 2B rows), with the compiled / eager speed-up and the CFG overhead.
 2. Batch-1 decode step: seconds per `gpt.decode` call at position L/2 (eager int step; compiled static step),
    against the weight-read bound = bytes of the weights a step reads / memory bandwidth. The bytes are every
-   Linear and RMSNorm weight (the token table contributes one row, the class table nothing) plus the KV
-   cache the step attends over. Bandwidth: `--bandwidth-gbs`; default 4800 GB/s (H200 HBM3e) on CUDA, and on
+   Linear and norm weight (the token table contributes one row, the class table nothing; RAR: one row of its
+   embedding table and of each of its three position tables) plus the KV cache the step attends over. Bandwidth: `--bandwidth-gbs`; default 4800 GB/s (H200 HBM3e) on CUDA, and on
    CPU the measured copy bandwidth of this machine (read + write of a 256 MiB tensor).
 On CUDA the weights are cast to `--dtype` (bf16 by default, as the official sampler); CPU runs fp32.
 """
@@ -26,6 +29,7 @@ import time
 import torch
 
 from vfmtok.models.gpt_io import create_gpt
+from vfmtok.models.rar_io import create_rar
 from vfmtok.sampling import compiled_decode, generate
 
 
@@ -58,11 +62,17 @@ def copy_bandwidth(device: torch.device, mib: int = 256) -> float:
     return 2 * src.numel() * 4 / sec
 
 
+TABLES = ("tok_embeddings", "cls_embedding", "embeddings", "pos_embed", "target_aware_pos_embed",
+          "timesteps_embeddings", "cls_token")  # tables of which a step reads single rows
+
+
 def step_bytes(model, batch: int) -> int:
-    """Bytes a decode step must read: Linear + RMSNorm weights, one token-table row per row, the KV cache."""
-    weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
-                  if not n.startswith(("tok_embeddings", "cls_embedding")))
-    row = model.tok_embeddings.weight
+    """Bytes a decode step must read: Linear + norm weights, one token-table row per row (RAR: + one row of each of
+    its three position tables), the KV cache."""
+    weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if not n.startswith(TABLES))
+    is_rar = hasattr(model, "embeddings")
+    row = model.embeddings.weight if is_rar else model.tok_embeddings.weight
+    weights += 3 * row.shape[1] * row.element_size() if is_rar else 0
     cfg = model.config
     cache = 2 * cfg.n_layer * batch * model.cache_len * cfg.dim * row.element_size()
     return weights + batch * row.shape[1] * row.element_size() + cache
@@ -126,10 +136,15 @@ def main() -> None:
           f"batch={args.batch} bandwidth={bandwidth / 1e9:.1f} GB/s ({source}) torch={torch.__version__}")
     modes = ("eager",) if args.skip_compile else ("eager", "compiled")
     for name in args.models.split(","):
-        grid = args.grid_size or (8 if name != "GPT-tiny" and device.type == "cpu" else 16)
+        grid = args.grid_size or (8 if name not in ("GPT-tiny", "RAR-tiny") and device.type == "cpu" else 16)
         torch.manual_seed(0)
-        model = create_gpt(name, vocab_size=16384, num_classes=1000, grid_size=grid)
-        torch.nn.init.normal_(model.output.weight, std=0.02)
+        if name.startswith("RAR-"):
+            model = create_rar(name, vocab_size=16384, num_classes=1000, seq_len=grid * grid)
+            for block in [*model.blocks, model.adaln_before_head]:
+                torch.nn.init.normal_(block.adaLN_modulation[1].weight, std=0.02)
+        else:
+            model = create_gpt(name, vocab_size=16384, num_classes=1000, grid_size=grid)
+            torch.nn.init.normal_(model.output.weight, std=0.02)
         model = model.to(device, dtype).eval()
         L = model.config.seq_len
         labels = torch.arange(args.batch) % 1000

@@ -33,7 +33,8 @@ Conventions (reference/vfmtok.md section 4 and checkpoints/README.md 3.5, the au
 * Once guidance has ended (s_t == 1 for every remaining token, e.g. after `cfg_interval`), the unconditional
   half of the CFG batch is no longer fed (the model's `decode` then runs on the first B rows of its cache):
   the guided logits there are the conditional ones anyway, so the tokens are those of the full CFG batch.
-* `compile=True`: each decode step is the model's static step (position tensor, fixed shapes) captured by
+  Only for models with `supports_row_subset` (the GPT); a RAR decodes every row to the end.
+* `compile=True` (GPT and RAR): each decode step is the model's static step (position tensor, fixed shapes) captured by
   `torch.compile` (mode="reduce-overhead" = CUDA graphs on CUDA, plain inductor elsewhere); prefill and the
   token draw stay eager. Same tokens as eager decoding up to float rounding of the logits (masked attention
   over the whole cache, fused kernels): equal except where two logits tie within ~1e-6.

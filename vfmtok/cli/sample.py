@@ -101,7 +101,7 @@ def command(
                                     "uint8 = floor(clamp(127.5 v + 128, 0, 255)) for PNG and npz alike.")] = 256,
     png: Annotated[bool, typer.Option("--png/--no-png", help="Write DIR/images/<index:06d>.png.")] = True,
     compile_: Annotated[bool, typer.Option(
-        "--compile", help="torch.compile the GPT decode step (static KV cache; CUDA graphs on CUDA). The first "
+        "--compile", help="torch.compile the GPT/RAR decode step (static KV cache; CUDA graphs on CUDA). The first "
                           "batch compiles (up to a minute); same tokens as eager up to float rounding.")] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a DIR made with other settings (removes only images/, parts/, samples.npz, "

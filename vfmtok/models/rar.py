@@ -89,11 +89,16 @@ class RAR(nn.Module):
     """Class-conditional RAR generator (state-dict keys = the authors' RAR `model.safetensors` keys).
 
     The decoding protocol equals the GPT's (`config.seq_len`, `config.num_classes`, `setup_cache`, `prefill`,
-    `decode`, `reset_cache`), so `vfmtok.sampling.generate` samples from it unchanged (raster order).
+    `decode`, `reset_cache`), so `vfmtok.sampling.generate` samples from it unchanged (raster order), including
+    the static decode step of compiled decoding (`decode` with a position tensor). Every cached row is decoded
+    at every step (no `supports_row_subset`: the unconditional CFG rows run to the end).
 
     Args:
         config: the `RARConfig`.
     """
+
+    # `vfmtok.generate` capabilities beyond the base protocol (setup_cache / prefill / decode / reset_cache):
+    supports_static_decode = True  # decode() accepts a position tensor (compiled decoding)
 
     def __init__(self, config: RARConfig) -> None:
         super().__init__()
@@ -108,7 +113,10 @@ class RAR(nn.Module):
         self.adaln_before_head = FinalLayer(config)
         self.lm_head = nn.Linear(dim, config.vocab_size)
         self.cache_batch: int = 0
-        self._cache_cond: Tensor | None = None  # (B, D) condition embedding of the cached rows
+        # (B, D) condition embedding of the cached rows: a non-persistent buffer like the KV cache (static
+        # address for CUDA graphs), written in place by `prefill`.
+        self.register_buffer("cond_cache", None, persistent=False)
+        self._prefilled = False
         # Recompute each block in the backward pass (training memory saver; the authors' XXL setting).
         self.activation_checkpointing = False
         self.initialize_weights()
@@ -221,7 +229,12 @@ class RAR(nn.Module):
     def setup_cache(
         self, batch_size: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None
     ) -> None:
-        """Allocate a fresh, zeroed static KV cache of (batch_size, H, cache_len, hd) per block.
+        """Set up a zeroed static KV cache of (batch_size, H, cache_len, hd) per block and a (batch_size, D)
+        condition cache (the embeddings' dtype).
+
+        A cache still allocated with the same shape, dtype and device is zeroed in place (its memory keeps its
+        address, which CUDA graphs of a compiled decode step rely on); otherwise a new one is allocated. Either
+        way no state carries over between batches: `prefill` must run before `decode`.
 
         Args:
             batch_size: rows decoded together (doubled by the caller for CFG).
@@ -231,17 +244,30 @@ class RAR(nn.Module):
         dtype, device = dtype or param.dtype, torch.device(device) if device is not None else param.device
         shape = (batch_size, self.config.n_head, self.cache_len, self.config.head_dim)
         for block in self.blocks:
-            block.attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
-            block.attn.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+            attn = block.attn
+            old = attn.k_cache
+            if old is not None and old.shape == shape and old.dtype == dtype and old.device == device:
+                attn.k_cache.zero_()
+                attn.v_cache.zero_()
+            else:
+                attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
+                attn.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+        cond_shape, cond_dtype = (batch_size, self.config.dim), self.embeddings.weight.dtype
+        old = self.cond_cache
+        if old is not None and old.shape == cond_shape and old.dtype == cond_dtype and old.device == device:
+            self.cond_cache.zero_()
+        else:
+            self.cond_cache = torch.zeros(cond_shape, dtype=cond_dtype, device=device)
         self.cache_batch = batch_size
-        self._cache_cond = None
+        self._prefilled = False
 
     def reset_cache(self) -> None:
-        """Free the KV cache (a later `prefill` needs a new `setup_cache`)."""
+        """Free the KV and condition caches (a later `prefill` needs a new `setup_cache`)."""
         for block in self.blocks:
             block.attn.k_cache = block.attn.v_cache = None
+        self.cond_cache = None
         self.cache_batch = 0
-        self._cache_cond = None
+        self._prefilled = False
 
     def prefill(self, labels: Tensor, tokens: Tensor | None = None) -> Tensor:
         """Fill the cache from slot 0 with [cls, condition] (and optional raster image tokens 0..S-1).
@@ -252,50 +278,73 @@ class RAR(nn.Module):
 
         Returns:
             (B, 1+S, vocab_size) float32 logits; row i predicts image token i (the cls output is dropped).
+
+        Raises:
+            RuntimeError: no cache set up. ValueError: class ids out of range, a batch other than the cache's.
         """
         _check_range(labels, self.config.num_classes + 1, "class label")
-        cond_ids = self.condition_ids(labels)
-        self._cache_cond = self.embeddings(cond_ids)
-        h = torch.cat([self.cls_token.expand(labels.shape[0], -1, -1), self._cache_cond[:, None]], dim=1)
+        if self.cond_cache is None:
+            raise RuntimeError("KV cache not set up: call setup_cache(batch_size, dtype, device) first")
+        if labels.shape[0] != self.cache_batch:
+            raise ValueError(f"batch {labels.shape[0]} does not match the KV cache batch {self.cache_batch}")
+        self.cond_cache.copy_(self.embeddings(self.condition_ids(labels)))
+        self._prefilled = True
+        h = torch.cat([self.cls_token.expand(labels.shape[0], -1, -1), self.cond_cache[:, None]], dim=1)
         if tokens is not None and tokens.shape[1] > 0:
             h = torch.cat([h, self.embeddings(tokens)], dim=1)
         return self._cached(h, 0)[:, 1:]
 
-    def decode(self, tokens: Tensor, start_pos: int) -> Tensor:
+    def decode(self, tokens: Tensor, start_pos: int | Tensor) -> Tensor:
         """Feed raster image tokens start_pos-1 .. start_pos+S-2 (image token j sits at slot j + 2).
 
         Args:
             tokens: (B, S) int64 image tokens; B = the cache batch.
-            start_pos: index of the image token the first row predicts, 1 <= start_pos and
-                start_pos + S <= seq_len + 1 (the last row may be the unused prediction after the last token).
+            start_pos: index of the image token the first row predicts, an int with 1 <= start_pos and
+                start_pos + S <= seq_len + 1 (the last row may be the unused prediction after the last token),
+                or the static step: a (S,) int64 tensor of those indices on the model's device (not
+                range-checked, to avoid a device sync), whose shapes never change between steps, so
+                `torch.compile` captures one graph (CUDA graphs with mode="reduce-overhead"); it writes the
+                cache with `index_copy_` and attends over the whole cache under a slot mask, giving the int
+                path's logits up to float rounding. Position embeddings, the raster target-aware embedding and
+                the per-position adaLN condition are gathered at the same slots in both paths.
 
         Returns:
             (B, S, vocab_size) float32 logits; row s predicts image token start_pos + s (same contract as
             `GPT.decode`).
+
+        Raises:
+            RuntimeError: no cache set up or no prefill since. ValueError: a batch other than the cache's, an
+                int start_pos out of range, a position tensor of another shape than (S,).
         """
-        if self._cache_cond is None:
+        if not self._prefilled:
             raise RuntimeError("decode before prefill: call setup_cache(...) then prefill(labels) first")
-        if start_pos < 1:
+        if not isinstance(start_pos, Tensor) and start_pos < 1:
             raise ValueError(f"start_pos must be >= 1 (image token 0 is predicted by prefill), got {start_pos}")
         return self._cached(self.embeddings(tokens), start_pos + 1)
 
-    def _cached(self, h: Tensor, start: int) -> Tensor:
-        """Run content embeddings h (B, S, D) at slots start.. through the cache; logits of those slots."""
-        if self.blocks[0].attn.k_cache is None:
+    def _cached(self, h: Tensor, start: int | Tensor) -> Tensor:
+        """Run content embeddings h (B, S, D) at slots start.. (an int, or a (S,) slot tensor) through the cache;
+        logits of those slots."""
+        if self.blocks[0].attn.k_cache is None or self.cond_cache is None:
             raise RuntimeError("KV cache not set up: call setup_cache(batch_size, dtype, device) first")
         if h.shape[0] != self.cache_batch:
             raise ValueError(f"batch {h.shape[0]} does not match the KV cache batch {self.cache_batch}")
-        end = start + h.shape[1]
-        if end > self.cache_len:
-            raise ValueError(f"slots {start}..{end - 1} outside 0..{self.cache_len - 1}")
+        if isinstance(start, Tensor):
+            if start.shape != (h.shape[1],):
+                raise ValueError(f"position tensor of shape {tuple(start.shape)}; expected ({h.shape[1]},)")
+            slots: slice | Tensor = start
+        else:
+            end = start + h.shape[1]
+            if end > self.cache_len:
+                raise ValueError(f"slots {start}..{end - 1} outside 0..{self.cache_len - 1}")
+            slots = slice(start, end)
         seq_len = self.config.seq_len
-        h = h.to(self.lm_head.weight.dtype) + self.pos_embed[:, start:end]
+        h = h.to(self.lm_head.weight.dtype) + self.pos_embed[0, slots]
         # Raster target-aware embedding: slot s (1 <= s <= seq_len) predicts token s-1 -> row s+1; else 0.
-        target_aware = self.target_aware_pos_embed[:, 2 : seq_len + 2]
-        zero = target_aware.new_zeros(1, 1, target_aware.shape[-1])
-        h = h + torch.cat([zero, target_aware, zero], dim=1)[:, start:end]
-        assert self._cache_cond is not None
-        cond = self._cache_cond[:, None] + self.timesteps_embeddings[:, start:end]
+        target_aware = self.target_aware_pos_embed[0, 2 : seq_len + 2]
+        zero = target_aware.new_zeros(1, target_aware.shape[-1])
+        h = h + torch.cat([zero, target_aware, zero])[slots]
+        cond = self.cond_cache[:, None] + self.timesteps_embeddings[0, slots]  # adaLN condition per slot
         for block in self.blocks:
             h = block(h, cond, start)
         return self.lm_head(self.adaln_before_head(h, cond)).float()

@@ -42,8 +42,14 @@ class LayerNorm(nn.LayerNorm):
 class Attention(nn.Module):
     """Causal multi-head self-attention with biased qkv, per-head LayerNorm on q and k, and an optional KV cache.
 
-    The cache (`k_cache`, `v_cache`: (B, H, cache_len, hd)) is a plain attribute, never part of the state
-    dict, allocated by `RAR.setup_cache` and freed by `RAR.reset_cache`.
+    The cache (`k_cache`, `v_cache`: (B, H, cache_len, hd)) is a non-persistent buffer (never in the state
+    dict; None, hence invisible, outside generation), allocated by `RAR.setup_cache` and freed by
+    `RAR.reset_cache`. Being a buffer, torch.compile treats it as a static-address input, which CUDA graphs need.
+
+    `start_pos`: None = full causal sequence (no cache); an int = write the chunk at slots start_pos.. and attend
+    over the filled prefix; a (S,) int64 tensor of slots = the static decode step: write with `index_copy_`,
+    attend over the whole cache with a mask (slots <= the query's), so every step has the same shapes (one
+    compiled graph) and the same result as the int step up to float rounding (masked slots weigh exactly 0).
     """
 
     def __init__(self, cfg: RARConfig) -> None:
@@ -55,16 +61,22 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=True)
         self.attn_dropout = cfg.attn_dropout
         self.proj_drop = nn.Dropout(cfg.dropout)
-        self.k_cache: Tensor | None = None
-        self.v_cache: Tensor | None = None
+        self.register_buffer("k_cache", None, persistent=False)
+        self.register_buffer("v_cache", None, persistent=False)
 
-    def forward(self, x: Tensor, start_pos: int | None) -> Tensor:
-        """x: (B, S, D). start_pos None = whole sequence, causal; else write slots start_pos.. into the cache."""
+    def forward(self, x: Tensor, start_pos: int | Tensor | None) -> Tensor:
+        """x: (B, S, D) -> (B, S, D). start_pos: None, an int slot or a (S,) int64 slot tensor (see the class)."""
         q, k, v = rearrange(self.qkv(x), "b s (three h d) -> three b h s d", three=3, h=self.n_head).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if start_pos is None:
             dropout = self.attn_dropout if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        elif isinstance(start_pos, Tensor):  # static step: fixed shapes, whole cache under a slot mask
+            assert self.k_cache is not None and self.v_cache is not None
+            self.k_cache.index_copy_(2, start_pos, k.to(self.k_cache.dtype))
+            self.v_cache.index_copy_(2, start_pos, v.to(self.v_cache.dtype))
+            mask = torch.arange(self.k_cache.shape[2], device=x.device)[None, :] <= start_pos[:, None]
+            out = F.scaled_dot_product_attention(q, self.k_cache.to(q.dtype), self.v_cache.to(q.dtype), attn_mask=mask)
         else:
             assert self.k_cache is not None and self.v_cache is not None
             seq = x.shape[1]
@@ -108,8 +120,8 @@ class Block(nn.Module):
         self.mlp = Mlp(cfg)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
 
-    def forward(self, x: Tensor, cond: Tensor, start_pos: int | None = None) -> Tensor:
-        """x, cond: (B, S, D); returns (B, S, D)."""
+    def forward(self, x: Tensor, cond: Tensor, start_pos: int | Tensor | None = None) -> Tensor:
+        """x, cond: (B, S, D); returns (B, S, D). start_pos: as `Attention.forward`."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(cond).chunk(6, dim=-1)
         x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), start_pos)
         return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
