@@ -49,3 +49,19 @@ def _private_gt_stats_cache(tmp_path_factory):
         os.environ.pop("VFMTOK_GT_STATS_CACHE", None)
     else:
         os.environ["VFMTOK_GT_STATS_CACHE"] = old
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A running fake Hugging Face Hub on loopback (tests/fake_hub.py) with HF_ENDPOINT pointing at it, a fake token,
+    empty HF / vfmtok caches and the offline switches off."""
+    from fake_hub import FakeHub
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("VFMTOK_CACHE", str(tmp_path / "vfmtok-cache"))
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    with FakeHub() as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
+        yield fake

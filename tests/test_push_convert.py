@@ -10,7 +10,6 @@ import torch
 from typer.testing import CliRunner
 
 import vfmtok
-from fake_hub import FakeHub
 from vfmtok.cli.main import app
 from vfmtok.io.hashing import sha256_file
 
@@ -32,17 +31,6 @@ def runs(tmp_path_factory):
         "token_store_manifest_sha256": "ab" * 32, "tokenizer_sha256": "cd" * 32})
     (root / "gpt" / "metrics.jsonl").write_text('{"step": 10, "loss_gpt": 5.5}\n{"step": 20, "loss_gpt": 4.25}\n')
     return root, tok, gpt
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setenv("VFMTOK_CACHE", str(tmp_path / "vfmtok-cache"))
-    monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    with FakeHub() as fake:
-        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
-        yield fake
 
 
 def _tokens(gpt):

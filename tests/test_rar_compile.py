@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,11 @@ from typer.testing import CliRunner
 import vfmtok
 from vfmtok.cli.main import app
 from vfmtok.models.rar import RAR
-from vfmtok.models.rar_io import create_rar, save_rar
+from vfmtok.models.rar_io import save_rar
 from vfmtok.sampling import compiled_decode, generate
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_rar import small_rar  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,14 +29,7 @@ NULL = 5  # null class of the models below (5 classes)
 
 def random_rar(seed: int, **overrides) -> RAR:
     """One-block RAR-tiny on 16 tokens, vocab 32, 5 classes; every weight re-drawn (the zero-init adaLN layers too)."""
-    torch.manual_seed(seed)
-    model = create_rar("RAR-tiny", **{"vocab_size": 32, "num_classes": 5, "seq_len": 16, "n_layer": 1, **overrides})
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.normal_(0.0, 0.1 if param.ndim > 1 else 0.05)
-            if "norm" in name and name.endswith(".weight"):
-                param.add_(1.0)
-    return model.eval()
+    return small_rar(seed, **{"n_layer": 1, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import vfmtok
-from fake_hub import FakeHub
-from test_train_rar import L, VOCAB, cfg_for, make_store
+from test_train_rar import cfg_for, tiny_tokenizer_and_store
 from vfmtok.cli.main import app
 from vfmtok.io.hashing import sha256_file
 from vfmtok.io.hub import AUTHORS_FILES, AUTHORS_REPO
@@ -25,19 +24,6 @@ from vfmtok.models.rar_io import create_rar, load_rar, save_rar
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """A running fake Hub with HF_ENDPOINT pointing at it, a fake token and empty HF / vfmtok caches."""
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setenv("VFMTOK_CACHE", str(tmp_path / "vfmtok-cache"))
-    monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    with FakeHub() as fake:
-        monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
-        yield fake
 
 
 def random_rar() -> RAR:
@@ -147,14 +133,8 @@ def _sample(ckpt: str, out) -> dict:
 
 
 def test_push_a_rar_run_then_sample_from_the_hub(hub, tmp_path):
-    from vfmtok.models.tokenizer_io import save_tokenizer
-
-    torch.manual_seed(0)
-    save_tokenizer(vfmtok.create_tokenizer("tiny", encoder_weights="random", codebook_size=VOCAB, num_queries=L),
-                   tmp_path / "tok")
+    store = tiny_tokenizer_and_store(tmp_path)
     sha = sha256_file(tmp_path / "tok" / "tokenizer.safetensors")
-    store = make_store(tmp_path / "store", tokenizer={"path": str(tmp_path / "tok"), "file_sha256": sha,
-                                                      "weights_sha256": sha})
     run = tmp_path / "runs" / "rar"
     train_ar(cfg_for(store, run, steps=2, lr=3e-2))
     res = runner.invoke(app, ["push", str(run), "hf://user/rar-tiny"])

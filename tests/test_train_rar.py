@@ -33,6 +33,19 @@ L = GRID * GRID
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def tiny_tokenizer_and_store(root: Path) -> Path:
+    """A random-weight tiny tokenizer at root/tok (VOCAB codes, L tokens) and a store at root/store that records it
+    with its real sha256 (so `vfmtok sample` verifies and decodes with it); returns the store."""
+    from vfmtok.io.hashing import sha256_file
+    from vfmtok.models.tokenizer_io import save_tokenizer
+
+    torch.manual_seed(0)
+    save_tokenizer(vfmtok.create_tokenizer("tiny", encoder_weights="random", codebook_size=VOCAB, num_queries=L),
+                   root / "tok")
+    sha = sha256_file(root / "tok" / "tokenizer.safetensors")
+    return make_store(root / "store", tokenizer={"path": str(root / "tok"), "file_sha256": sha, "weights_sha256": sha})
+
+
 def make_store(out: Path, n: int = N, tokenizer: dict | None = None) -> Path:
     """n images x (2 crop views x 2 neighbours) of 16 tokens, laid out as extract-tokens --neighbours 2 does
     (index k * V + v). Image i, view v, neighbour k: (3 c + (c+1) l + 5 v + 7 k + i) mod 16, c = i mod 4."""
@@ -215,15 +228,9 @@ def test_fsdp_two_processes_match_one_process(tmp_path):
 def test_sample_finds_the_newest_rar_run_and_its_tokenizer(tmp_path, monkeypatch):
     """`vfmtok sample` without --ckpt / --tokenizer: the newest run under ./runs is the RAR run, its recorded
     tokenizer decodes, the cosine guidance options reach the samples."""
-    from vfmtok.io.hashing import sha256_file
-    from vfmtok.models.tokenizer_io import load_tokenizer, save_tokenizer
+    from vfmtok.models.tokenizer_io import load_tokenizer
 
-    torch.manual_seed(0)
-    save_tokenizer(vfmtok.create_tokenizer("tiny", encoder_weights="random", codebook_size=VOCAB, num_queries=L),
-                   tmp_path / "tok")
-    sha = sha256_file(tmp_path / "tok" / "tokenizer.safetensors")
-    store = make_store(tmp_path / "store", tokenizer={"path": str(tmp_path / "tok"), "file_sha256": sha,
-                                                      "weights_sha256": sha})
+    store = tiny_tokenizer_and_store(tmp_path)
     train_ar(cfg_for(store, tmp_path / "runs" / "rar", steps=2, lr=3e-2))
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(app, ["sample", "-n", "3", "--class", "1", "--cfg-scale", "4", "--cfg-schedule", "cosine",

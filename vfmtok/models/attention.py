@@ -17,6 +17,15 @@ def causal_mask(length: int, device: torch.device | None = None) -> Tensor:
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()
 
 
+def zeroed_cache(old: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A zero-filled cache tensor of `shape`, `dtype`, `device`: `old` itself, zeroed in place, when it already has
+    them (its memory stays where it was, so a CUDA graph captured on it stays valid), else a new tensor.
+    Used for the KV caches of the GPT and RAR generators and RAR's per-row condition cache."""
+    if old is not None and old.shape == shape and old.dtype == dtype and old.device == device:
+        return old.zero_()
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention. Input (B, N, D) used as q, k and v alike -> (B, N, D).
 

@@ -23,6 +23,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from vfmtok.device import compute_dtype
+from vfmtok.models.attention import zeroed_cache
 from vfmtok.models.gpt_config import GPTConfig
 from vfmtok.models.gpt_layers import LabelEmbedder, RMSNorm, TransformerBlock, rope_table_2d
 
@@ -155,13 +156,8 @@ class GPT(nn.Module):
         shape = (batch_size, self.config.n_head, self.cache_len, self.config.head_dim)
         for layer in self.layers:
             attn = layer.attention
-            old = attn.k_cache
-            if old is not None and old.shape == shape and old.dtype == dtype and old.device == device:
-                attn.k_cache.zero_()
-                attn.v_cache.zero_()
-            else:
-                attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
-                attn.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+            attn.k_cache = zeroed_cache(attn.k_cache, shape, dtype, device)
+            attn.v_cache = zeroed_cache(attn.v_cache, shape, dtype, device)
         self.cache_batch = batch_size
 
     def reset_cache(self) -> None:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
+from vfmtok.models.attention import zeroed_cache
 from vfmtok.models.rar_config import POS_TABLE_EXTRA, TIMESTEP_TABLE_EXTRA, RARConfig
 from vfmtok.models.rar_layers import Block, FinalLayer
 
@@ -245,19 +246,10 @@ class RAR(nn.Module):
         shape = (batch_size, self.config.n_head, self.cache_len, self.config.head_dim)
         for block in self.blocks:
             attn = block.attn
-            old = attn.k_cache
-            if old is not None and old.shape == shape and old.dtype == dtype and old.device == device:
-                attn.k_cache.zero_()
-                attn.v_cache.zero_()
-            else:
-                attn.k_cache = torch.zeros(shape, dtype=dtype, device=device)
-                attn.v_cache = torch.zeros(shape, dtype=dtype, device=device)
-        cond_shape, cond_dtype = (batch_size, self.config.dim), self.embeddings.weight.dtype
-        old = self.cond_cache
-        if old is not None and old.shape == cond_shape and old.dtype == cond_dtype and old.device == device:
-            self.cond_cache.zero_()
-        else:
-            self.cond_cache = torch.zeros(cond_shape, dtype=cond_dtype, device=device)
+            attn.k_cache = zeroed_cache(attn.k_cache, shape, dtype, device)
+            attn.v_cache = zeroed_cache(attn.v_cache, shape, dtype, device)
+        self.cond_cache = zeroed_cache(self.cond_cache, (batch_size, self.config.dim), self.embeddings.weight.dtype,
+                                       device)
         self.cache_batch = batch_size
         self._prefilled = False
 
