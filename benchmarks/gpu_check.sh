@@ -16,7 +16,8 @@
 #     tokenizer): identical-image rate printed
 #  6. Inception features (random-init weights of the exact architecture) on GPU vs CPU: max abs difference
 #  7. RAR: train-ar RAR-L step time + MFU on a 2-neighbour store (benchmarks/train_ar.py --neighbours 2), and RAR-L
-#     sampling tokens/s with and without the KV cache at 256 tokens (benchmarks/rar.py; goal >= 10x)
+#     sampling tokens/s with and without the KV cache at 256 tokens (benchmarks/rar.py; goal >= 10x), and RAR-L
+#     eager vs compiled decoding (benchmarks/sample.py --models RAR-L)
 # Environment: PYTHON (default: python), OUT (optional output folder), WORK (default: a fresh temp folder).
 # Exit status: non-zero if any step failed (the others still run; failures are listed at the end).
 set -uo pipefail
@@ -32,11 +33,13 @@ if [[ $SMOKE == 1 ]]; then
   FSDP_MODEL=GPT-tiny; FSDP_BATCH=4; SAMPLE_ARGS="--models GPT-tiny --grid-size 2 --batch 2 --repeats 1 --step-iters 2 --skip-compile"
   SAMPLE_COMPILE=""; N_SAMPLES=2; IMAGES_PER_CLASS=1; TOK_WARMUP=0; INCEPTION_IMAGES=2; export OMP_NUM_THREADS=1
   RAR_MODEL=RAR-tiny; RAR_BATCH=2; RAR_SAMPLE_ARGS="--tokens 8 --batch 1"
+  RAR_COMPILE_ARGS="--models RAR-tiny --grid-size 2 --batch 2 --repeats 1 --step-iters 2 --skip-compile"
 else
   DEV=cuda; PREC=bf16; TOK=vfmtok-l; TOK_BATCH=16; TOK_STEPS=4; AR_MODELS="GPT-B GPT-L"; AR_BATCH=64; AR_STEPS=5
   FSDP_MODEL=GPT-B; FSDP_BATCH=32; SAMPLE_ARGS="--device cuda --models GPT-B,GPT-L --grid-size 16 --batch 32 --repeats 1"
   SAMPLE_COMPILE="--compile"; N_SAMPLES=16; IMAGES_PER_CLASS=4; TOK_WARMUP=1; INCEPTION_IMAGES=32
   RAR_MODEL=RAR-L; RAR_BATCH=32; RAR_SAMPLE_ARGS="--device cuda --precision bf16 --batch 8"
+  RAR_COMPILE_ARGS="--device cuda --models RAR-L --grid-size 16 --batch 32 --repeats 1"
   if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_check: no CUDA device (use --smoke on CPU)" >&2; exit 2
   fi
@@ -141,6 +144,8 @@ step train_rar $PY benchmarks/train_ar.py --device "$DEV" --models "$RAR_MODEL" 
 while read -r line; do row "| train-ar $PREC batch $RAR_BATCH images x 2 | $line |"; done < <(grep -E "^RAR" "$WORK/train_rar.log")
 step rar_sample $PY benchmarks/rar.py --model "$RAR_MODEL" $RAR_SAMPLE_ARGS
 row "| $(grep -h '^RAR sample' "$WORK/rar_sample.log") |"
+step rar_sample_compile $PY benchmarks/sample.py $RAR_COMPILE_ARGS
+while read -r line; do row "| sample | $line |"; done < <(grep -E "^RAR" "$WORK/rar_sample_compile.log")
 
 if [[ $SMOKE == 0 ]]; then
   row "| peak GPU memory | see the train-tokenizer, train-ar and sample rows |"

@@ -23,5 +23,6 @@ def test_gpu_check_smoke_runs_every_step_on_cpu(tmp_path):
     assert "inception cpu vs cpu: max abs diff / max |feature|: pool3 0.0e+00" in summary
     assert "| train-ar no batch 2 images x 2 | RAR-tiny" in summary and "4 sequences/step" in summary
     assert "RAR sample RAR-tiny: kv-cache" in summary and "same tokens: True" in summary
+    assert "| sample | RAR-tiny batch-1 decode step eager" in summary  # the RAR row of benchmarks/sample.py
     samples = tmp_path / "work" / "samples_eager" / "samples.npz"
     assert samples.is_file() and (tmp_path / "out" / "fsdp.log").is_file()
