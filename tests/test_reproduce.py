@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -34,6 +35,21 @@ def caches(tmp_path, monkeypatch):
     return tmp_path
 
 
+SMALL_SAMPLE_WARNINGS = (r"samples: \d+ images < 50000; FID/sFID are biased high",
+                         r"reference: 6 images < 10000; precision/recall")
+
+
+def invoke_warned(args: list[str]):
+    """`runner.invoke` of a reproduce run on a few images: evaluate must warn that FID and P/R of so few images are
+    not comparable to published numbers (both warnings, asserted here rather than left to leak)."""
+    with pytest.warns(UserWarning) as caught:
+        res = runner.invoke(app, args)
+    texts = [str(w.message) for w in caught]
+    for pattern in SMALL_SAMPLE_WARNINGS:
+        assert any(re.search(pattern, t) for t in texts), (pattern, texts)
+    return res
+
+
 @pytest.mark.slow
 def test_tiny_end_to_end_twice(tmp_path):
     torch.manual_seed(0)
@@ -50,7 +66,7 @@ def test_tiny_end_to_end_twice(tmp_path):
               str(tmp_path / "ref.npz"), "--inception-weights", str(tmp_path / "inception.pth"), "-n", "8",
               "--image-size", "64", "--cfg-scale", "1.5", "--device", "cpu", "--no-progress", "--eval-batch-size", "8",
               "--fid-method", "eigh"]
-    first = runner.invoke(app, ["reproduce", *common, "--out", str(tmp_path / "r1")])
+    first = invoke_warned(["reproduce", *common, "--out", str(tmp_path / "r1")])
     assert first.exit_code == 0, first.output
     doc = json.loads((tmp_path / "r1" / "reproduce.json").read_text())
     (run,) = doc["runs"]
@@ -71,8 +87,8 @@ def test_tiny_end_to_end_twice(tmp_path):
     assert run["markdown"] in first.output and (tmp_path / "r1" / "reproduce.md").read_text().strip() == run["markdown"]
 
     (tmp_path / "r1" / "reproduce.json").rename(tmp_path / "first.json")
-    second = runner.invoke(app, ["reproduce", *common, "--out", str(tmp_path / "r1"), "--expected",
-                                 str(tmp_path / "first.json")])  # resumes the samples, re-evaluates
+    second = invoke_warned(["reproduce", *common, "--out", str(tmp_path / "r1"), "--expected",
+                            str(tmp_path / "first.json")])  # resumes the samples, re-evaluates
     assert second.exit_code == 0, second.output
     assert "already holds these 8 samples" in second.output
     (run2,) = json.loads((tmp_path / "r1" / "reproduce.json").read_text())["runs"]
@@ -97,10 +113,10 @@ def test_rar_target_samples_a_tiny_rar_with_the_authors_guidance(tmp_path):
     save_rar(rar, tmp_path / "rar")
     torch.save(random_inception_state_dict(0), tmp_path / "inception.pth")
     np.savez(tmp_path / "ref.npz", arr_0=np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8))
-    res = runner.invoke(app, ["reproduce", "rar-l", "--tokenizer", str(tmp_path / "tok"), "--ckpt", str(tmp_path / "rar"),
-                              "--ref", str(tmp_path / "ref.npz"), "--inception-weights", str(tmp_path / "inception.pth"),
-                              "-n", "4", "--image-size", "64", "--device", "cpu", "--no-progress", "--eval-batch-size",
-                              "4", "--fid-method", "eigh", "--out", str(tmp_path / "r")])
+    res = invoke_warned(["reproduce", "rar-l", "--tokenizer", str(tmp_path / "tok"), "--ckpt", str(tmp_path / "rar"),
+                         "--ref", str(tmp_path / "ref.npz"), "--inception-weights", str(tmp_path / "inception.pth"),
+                         "-n", "4", "--image-size", "64", "--device", "cpu", "--no-progress", "--eval-batch-size",
+                         "4", "--fid-method", "eigh", "--out", str(tmp_path / "r")])
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "r" / "reproduce.json").read_text())
     (run,) = doc["runs"]
