@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # README's main command (`make demo`): the whole VFMTok pipeline on demo data built from real photos,
-# every step through the public `vfmtok` CLI exactly as a user types it. About 10 minutes on 2 CPU cores.
+# every step through the public `vfmtok` CLI exactly as a user types it. 4-11 minutes on 2 CPU cores, by CPU.
 #   bash scripts/demo.sh OUT_DIR [--quick]
 # --quick is the shorter variant the end-to-end test runs (fewer steps, same commands).
 set -euo pipefail

@@ -130,6 +130,8 @@ def test_summary_explains_why_val_psnr_differs_from_the_training_log(tmp_path):
     assert "EMA weights" in res.output and "256 px" in res.output and "metrics.jsonl" in res.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["timings_s"] == {"train-tokenizer": 300, "sample": 12} and summary["metrics"]["tokenizer rFID (val, 256 px)"] == 332.0
+    assert "baseline: class-mean image PSNR (dB)" in summary["metrics"]  # keys without the table's indentation
+    assert all(k == k.strip() for k in summary["metrics"])
 
 
 def test_summary_records_the_cpu_kernel_path_that_decides_the_exact_figures(tmp_path):

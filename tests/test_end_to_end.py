@@ -70,7 +70,7 @@ def test_demo_pipeline_quick_variant(tmp_path):
     metrics = summary["metrics"]
     tok_eval = json.loads((out / "eval_tokenizer.json").read_text())
     baseline = _class_mean_psnr(out / "data" / "train", out / "data" / "val", tok_eval["image_size"])
-    assert metrics["  baseline: class-mean image PSNR (dB)"] == pytest.approx(baseline, abs=1e-6)
+    assert metrics["baseline: class-mean image PSNR (dB)"] == pytest.approx(baseline, abs=1e-6)
     assert metrics["tokenizer PSNR (dB, val, 256 px)"] > baseline + MIN_PSNR_GAIN_OVER_CLASS_MEAN_DB
     assert metrics["samples in own class (nearest class mean)"] >= MIN_OWN_CLASS_FRACTION
     for key in ("tokenizer rFID (val, 256 px)", "samples FID vs val ref", "samples sFID"):

@@ -6,6 +6,7 @@ Sizes are tiny (9 demo classes x 2 photos of 64 px, a 56 px tokenizer, 2 trainin
 """
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -87,3 +88,21 @@ def test_default_cpu_run_refusal_threshold():
         refuse_long_default_run("GPT-B", 1_000_000, 1000, int(steps * 1.01) + 1)
     with pytest.raises(ValueError, match=r"at least 2\.6 h"):  # GPT-B-sized, 300 paper epochs of 18 x 256 tokens
         refuse_long_default_run("GPT-B", 111_000_000, 18 * 256, 300)
+
+
+def test_a_folder_named_vfmtok_in_the_working_directory_does_not_shadow_the_package(tmp_path):
+    """A newcomer who clones into ./vfmtok and runs Python from the parent folder: the clone folder must not be
+    imported as an empty namespace package ("module 'vfmtok' has no attribute 'load_tokenizer'"), as it was with
+    setuptools' import-hook editable install; the installed package wins."""
+    import subprocess
+    import sys
+
+    (tmp_path / "vfmtok").mkdir()  # what `git clone URL` leaves beside the user's scripts
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import vfmtok; print(vfmtok.__file__); print(callable(vfmtok.load_tokenizer))"
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    origin, has_api = res.stdout.split()
+    repo = Path(__file__).resolve().parents[1]
+    assert Path(origin).resolve() == (repo / "vfmtok" / "__init__.py").resolve() and has_api == "True"

@@ -94,3 +94,22 @@ def test_large_imaginary_diagonal_raises(monkeypatch):
 def test_mismatched_statistics_are_refused():
     with pytest.raises(ValueError, match="mismatched statistics"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def test_a_singular_covariance_product_warns_with_its_cause_and_keeps_the_exact_value():
+    """diag(1, 0, 0, 4) squared: singular, and tr sqrt = 1 + 4 exactly. scipy's bare "Matrix is singular" LinAlgWarning
+    becomes one warning that says why (fewer images than feature dimensions); the value is unchanged."""
+    import warnings
+
+    from scipy.linalg import LinAlgWarning
+
+    from vfmtok.metrics.fid import trace_sqrt_product
+
+    sigma = np.diag([1.0, 0.0, 0.0, 4.0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = trace_sqrt_product(sigma, sigma, method="sqrtm")
+    assert value == pytest.approx(5.0, abs=1e-9)
+    assert not any(issubclass(w.category, LinAlgWarning) for w in caught)
+    (w,) = caught
+    assert "fid: Matrix is singular" in str(w.message) and "fewer images than feature dimensions" in str(w.message)

@@ -64,7 +64,8 @@ def command(
     ] = None,
     classes: Annotated[Optional[list[str]], typer.Option(
         "--class", metavar="ID", help="Class id(s) in [0, num_classes); repeat or comma-separate (--class 88 --class 3,7). "
-                        "Sample i gets the (i mod m)-th of the m ids given.")] = None,
+                        "Sample i gets the (i mod m)-th of the m ids given. Ids follow the token store's classes.json "
+                        "order; an id out of range lists every id with its class name.")] = None,
     labels: Annotated[Optional[Labels], typer.Option(
         "--labels", help="Without --class: random (default; label_i = floor(C * BLAKE2b64('vfmtok-label:{seed}:{i}') "
                          "/ 2^64), uniform, depends only on (seed, i)) or balanced (label_i = i mod C, interleaved).")

@@ -385,7 +385,7 @@ def summary_cmd(out: Annotated[Path, typer.Argument(help="demo output folder")])
                "not comparable to the paper's ImageNet figures.")
     env = numerics_environment()
     typer.echo(f"note: {ENVIRONMENT_NOTE.format(**env)}")
-    summary = {"metrics": dict(metrics_rows), "timings_s": dict(timings),
+    summary = {"metrics": {name.strip(): value for name, value in metrics_rows}, "timings_s": dict(timings),
                "recon_grid": str(out / "recon_grid.png"), "sample_grid": str(out / "sample_grid.png"),
                "environment": env}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -47,7 +47,16 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _sqrtm(linalg, matrix: np.ndarray) -> np.ndarray:
     # ADM calls sqrtm(..., disp=False); SciPy >= 1.17 deprecates `disp` and returns the matrix alone.
-    result = linalg.sqrtm(matrix)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", linalg.LinAlgWarning)
+        result = linalg.sqrtm(matrix)
+    for w in caught:
+        if issubclass(w.category, linalg.LinAlgWarning):  # say why, instead of scipy's bare "Matrix is singular"
+            warnings.warn(f"fid: {w.message} The covariance product of {matrix.shape[0]}-d features is singular or "
+                          f"ill-conditioned, as it is when either set has fewer images than feature dimensions; "
+                          f"its FID/sFID is only a rough figure.", stacklevel=3)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return result[0] if isinstance(result, tuple) else result
 
 
