@@ -12,6 +12,7 @@ can reach is H(sequence | class) / 64 = ln(8) / 64 = 0.0325 nats, computed exact
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from collections import Counter
 
 import numpy as np
@@ -28,9 +29,25 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PER_CLASS, STEPS, BATCH, LR = 4, 300, 36, 3e-3
 
 
-def _cli(*args: str) -> None:
+def cli(*args: str) -> None:
+    """Run `vfmtok ARGS...` in-process; fail the test with its output if it exits non-zero."""
     result = CliRunner().invoke(app, list(args))
     assert result.exit_code == 0, (result.output, result.exception)
+
+
+def demo_token_store(root: Path, per_class: int, *extract_options: str) -> Path:
+    """The user pipeline up to the tokens: `demo-data` (per_class train photos per class, 64 px) -> `prepare-data` ->
+    a random `tiny` tokenizer at 56 px (seed 0) -> `extract-tokens --aug flip` with `extract_options`; returns the
+    store folder root/store."""
+    from vfmtok.models.tokenizer_io import save_tokenizer
+
+    cli("demo-data", str(root / "demo"), "--train-per-class", str(per_class), "--val-per-class", "1", "--size", "64")
+    cli("prepare-data", str(root / "demo"), str(root / "prep"), "--min-size", "0", "--no-progress")
+    torch.manual_seed(0)
+    save_tokenizer(vfmtok.create_tokenizer("tiny", image_size=56, pixel_ch_mult=(1, 1, 2, 2)), root / "tok")
+    cli("extract-tokens", str(root / "prep"), str(root / "store"), "--tokenizer", str(root / "tok"), "--aug", "flip",
+        *extract_options, "--batch-size", "12", "--num-workers", "0", "--device", "cpu", "--no-progress")
+    return root / "store"
 
 
 def _entropy_floor(codes: np.ndarray, labels: np.ndarray) -> float:
@@ -73,16 +90,7 @@ def test_gpt_tiny_memorises_the_tokens_of_the_demo_photos(tmp_path):
     72 sequences 0.0462; teacher-forced argmax accuracy 0.979 (oracle 0.982); greedy samples are training
     sequences of their class, code for code, for 9 of 9 classes.
     """
-    from vfmtok.models.tokenizer_io import save_tokenizer
-
-    _cli("demo-data", str(tmp_path / "demo"), "--train-per-class", str(PER_CLASS), "--val-per-class", "1",
-         "--size", "64")
-    _cli("prepare-data", str(tmp_path / "demo"), str(tmp_path / "prep"), "--min-size", "0", "--no-progress")
-    torch.manual_seed(0)
-    save_tokenizer(vfmtok.create_tokenizer("tiny", image_size=56, pixel_ch_mult=(1, 1, 2, 2)), tmp_path / "tok")
-    store = tmp_path / "store"
-    _cli("extract-tokens", str(tmp_path / "prep"), str(store), "--tokenizer", str(tmp_path / "tok"), "--aug", "flip",
-         "--batch-size", "12", "--num-workers", "0", "--device", "cpu", "--no-progress")
+    store = demo_token_store(tmp_path, PER_CLASS)
     codes, labels = np.load(store / "codes.npy").astype(np.int64), np.load(store / "labels.npy")
     assert codes.shape == (9 * PER_CLASS, 2, 64) and np.bincount(labels).tolist() == [PER_CLASS] * 9
     for c in range(9):  # the 2 x PER_CLASS views of a class are distinct sequences, so the floor is ln(8) / 64
@@ -91,7 +99,7 @@ def test_gpt_tiny_memorises_the_tokens_of_the_demo_photos(tmp_path):
     assert floor == pytest.approx(math.log(2 * PER_CLASS) / 64, rel=1e-9)
 
     run = tmp_path / "run"
-    _cli("train-ar", "--tokens", str(store), "--out", str(run), "--model", "GPT-tiny", "--steps", str(STEPS),
+    cli("train-ar", "--tokens", str(store), "--out", str(run), "--model", "GPT-tiny", "--steps", str(STEPS),
          "--batch-size", str(BATCH), "--lr", str(LR), "--val-count", "0", "--class-dropout", "0", "--dropout", "0",
          "--ema-decay", "0", "--save-every", "0", "--log-every", "1", "--num-workers", "0", "--device", "cpu",
          "--no-progress")

@@ -15,15 +15,15 @@ when the 16 are distinct).
 from __future__ import annotations
 
 import math
+import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import vfmtok
-from vfmtok.cli.main import app
 from vfmtok.engine.metrics_log import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,9 +31,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PER_CLASS, STEPS, BATCH, LR, ANNEAL, WARMUP = 4, 300, 18, 6e-3, (50, 100), 20
 
 
-def _cli(*args: str) -> None:
-    result = CliRunner().invoke(app, list(args))
-    assert result.exit_code == 0, (result.output, result.exception)
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train_ar_demo_tokens import cli, demo_token_store  # noqa: E402
 
 
 def _raster_floor(seqs_by_class: list[list[tuple[int, ...]]]) -> float:
@@ -58,16 +57,7 @@ def test_rar_tiny_memorises_both_neighbour_sequences_of_the_demo_photos(tmp_path
     loss of the exported weights over all 144 sequences 0.0581; greedy raster samples (KV cache) equal a training
     sequence of their class for 7 of 9 classes, the other two differ in one of 64 codes.
     """
-    from vfmtok.models.tokenizer_io import save_tokenizer
-
-    _cli("demo-data", str(tmp_path / "demo"), "--train-per-class", str(PER_CLASS), "--val-per-class", "1",
-         "--size", "64")
-    _cli("prepare-data", str(tmp_path / "demo"), str(tmp_path / "prep"), "--min-size", "0", "--no-progress")
-    torch.manual_seed(0)
-    save_tokenizer(vfmtok.create_tokenizer("tiny", image_size=56, pixel_ch_mult=(1, 1, 2, 2)), tmp_path / "tok")
-    store = tmp_path / "store"
-    _cli("extract-tokens", str(tmp_path / "prep"), str(store), "--tokenizer", str(tmp_path / "tok"), "--aug", "flip",
-         "--neighbours", "2", "--batch-size", "12", "--num-workers", "0", "--device", "cpu", "--no-progress")
+    store = demo_token_store(tmp_path, PER_CLASS, "--neighbours", "2")
     codes, labels = np.load(store / "codes.npy").astype(np.int64), np.load(store / "labels.npy")
     assert codes.shape == (9 * PER_CLASS, 4, 64)  # [centre, flip] x [nearest, second nearest]
     assert (codes[:, :2] != codes[:, 2:]).all()  # the second-nearest code differs from the nearest everywhere
@@ -75,7 +65,7 @@ def test_rar_tiny_memorises_both_neighbour_sequences_of_the_demo_photos(tmp_path
     floor = _raster_floor(by_class)
 
     run = tmp_path / "run"
-    _cli("train-ar", "--tokens", str(store), "--out", str(run), "--model", "RAR-tiny", "--steps", str(STEPS),
+    cli("train-ar", "--tokens", str(store), "--out", str(run), "--model", "RAR-tiny", "--steps", str(STEPS),
          "--batch-size", str(BATCH), "--lr", str(LR), "--rar-anneal", *map(str, ANNEAL), "--warmup-steps", str(WARMUP),
          "--val-count", "0", "--class-dropout", "0", "--dropout", "0",
          "--save-every", "0", "--log-every", "1", "--num-workers", "0", "--device", "cpu", "--no-progress")
