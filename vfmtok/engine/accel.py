@@ -14,7 +14,13 @@ from vfmtok.device import resolve_device
 
 
 CPU_AUTOCAST_ENV = "VFMTOK_CPU_AUTOCAST"
-_EXIT_HOOK = {"registered": False}
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def destroy_process_group_at_exit() -> None:
@@ -27,15 +33,8 @@ def destroy_process_group_at_exit() -> None:
     """
     import atexit
 
-    import torch.distributed as dist
-
-    def destroy() -> None:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-
-    if not _EXIT_HOOK["registered"]:
-        atexit.register(destroy)
-        _EXIT_HOOK["registered"] = True
+    atexit.unregister(_destroy_process_group)  # one registration however many accelerators a process makes
+    atexit.register(_destroy_process_group)
 
 
 def cpu_autocast_requested() -> bool:
